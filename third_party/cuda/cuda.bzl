@@ -59,10 +59,11 @@ def cuda_library(name, srcs, hdrs = [], cc_srcs = [], deps = [], **kwargs):
         deps = deps + ["@local_cuda//:headers"],
         tags = ["manual"],
     )
+    objects = [":" + name + "_cuda_objects"] if srcs else []
     native.cc_library(
         name = name,
         srcs = cc_srcs + select({
-            "//third_party/cuda:enabled": [":" + name + "_cuda_objects"],
+            "//third_party/cuda:enabled": objects,
             "//conditions:default": [],
         }),
         hdrs = hdrs,
