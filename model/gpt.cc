@@ -68,6 +68,19 @@ void validate_gpt_shape(const GptShape& s) {
 
 int gpt_ff_width(const GptShape& s) { return s.d_ff > 0 ? s.d_ff : 4 * s.d_model; }
 
+int64_t gpt_activation_bytes(const GptShape& s, int max_batch, size_t element_bytes) {
+  const int64_t N = static_cast<int64_t>(max_batch) * s.seq_len;
+  const int64_t C = s.d_model, F = gpt_ff_width(s), V = s.vocab_size, H = s.n_heads;
+  const int64_t align = 64 / static_cast<int64_t>(element_bytes);
+  auto piece = [&](int64_t n) { return (n + align - 1) / align * align; };
+  const int64_t per_block = 7 * piece(N * C) + 4 * piece(N) + piece(N * H) + 2 * piece(N * F);
+  const int64_t saved_blocks = s.recompute ? 1 : s.n_layers;
+  const int64_t elements = (s.n_layers + 1) * piece(N * C) + saved_blocks * per_block +
+                           piece(N * C) + 4 * piece(N) + piece(N * V) +  // final norm, logits, loss
+                           5 * piece(N * C) + 2 * piece(N * F);           // backward scratch
+  return elements * static_cast<int64_t>(element_bytes);
+}
+
 std::vector<ParamSpec> gpt_param_specs(const GptShape& s) {
   validate_gpt_shape(s);
   const int64_t C = s.d_model, F = gpt_ff_width(s);

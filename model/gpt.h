@@ -56,6 +56,11 @@ struct ParamSpec {
 std::vector<ParamSpec> gpt_param_specs(const GptShape& shape);
 int64_t gpt_num_params(const GptShape& shape);
 
+// Bytes of the activation arena that Gpt<T>(shape, max_batch) allocates, without allocating
+// it (for memory estimates of models larger than this machine). Kept equal to
+// Gpt::activation_bytes() by a test; change both when the arena changes.
+int64_t gpt_activation_bytes(const GptShape& shape, int max_batch, size_t element_bytes);
+
 // Each value is a function of (seed, parameter name, element index) only, so it does not
 // depend on the shape of other parameters or on sharding: matmul weights and embeddings
 // N(0, init_std), output projections (attn.proj, mlp.proj) N(0, init_std / sqrt(2 L)),

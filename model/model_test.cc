@@ -251,3 +251,16 @@ TEST_CASE("forward without targets, logits lifetime and argument checks") {
   bad[1] = s.vocab_size;
   CHECK_THROWS_AS(model.forward(bad.data(), nullptr, B, Tc), InputError);
 }
+
+TEST_CASE("gpt_activation_bytes equals the arena a model allocates") {
+  for (bool recompute : {false, true})
+    for (int B : {1, 3}) {
+      GptShape s{3, 24, 4, 37, 13, 0};
+      s.recompute = recompute;
+      s.norm = B == 1 ? NormKind::rmsnorm : NormKind::layernorm;
+      CAPTURE(recompute);
+      CAPTURE(B);
+      CHECK(gpt_activation_bytes(s, B, sizeof(float)) == static_cast<int64_t>(Gpt<float>(s, B).activation_bytes()));
+      CHECK(gpt_activation_bytes(s, B, sizeof(double)) == static_cast<int64_t>(Gpt<double>(s, B).activation_bytes()));
+    }
+}

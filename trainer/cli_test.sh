@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The dilatron binary as a user meets it: exit statuses, one-line errors naming the key or
+# file, SIGTERM ending in a checkpoint and status 0, and generate from that checkpoint.
+set -uo pipefail
+bin=$1
+work=${TEST_TMPDIR:-$(mktemp -d)}
+fails=0
+expect() {  # expect STATUS PATTERN -- command...
+  local want=$1 pattern=$2; shift 3
+  local out status
+  out=$("$@" 2>&1); status=$?
+  if [ "$status" -ne "$want" ] || ! grep -q -- "$pattern" <<<"$out"; then
+    echo "FAIL: $* -> status $status (want $want), output:"; echo "$out" | tail -5; echo "(wanted /$pattern/)"
+    fails=$((fails + 1))
+  else
+    echo "ok: $* -> $status"
+  fi
+}
+micro=configs/test-micro.yaml
+expect 2 "model.n_layer" -- "$bin" config --config $micro --set model.n_layer=3
+expect 2 "model.n_heads" -- "$bin" config --config $micro --set model.n_heads=5
+expect 2 "nonexistent.yaml" -- "$bin" train --config nonexistent.yaml
+expect 2 "no-such-data.txt" -- "$bin" train --config $micro --set data.path=no-such-data.txt --set logging.run_dir=$work/nodata
+printf 'hi' > $work/short.txt
+expect 2 "short.txt" -- "$bin" train --config $micro --set data.path=$work/short.txt --set logging.run_dir=$work/short
+expect 2 "attention.kind" -- "$bin" train --config $micro --set attention.kind=dilated --set attention.segment_lengths=[32] --set attention.dilation_rates=[1] --set logging.run_dir=$work/dil
+expect 2 "no-such-flag" -- "$bin" train --config $micro --no-such-flag
+expect 0 "parameters" -- "$bin" config --config $micro
+expect 2 "checkpoint" -- "$bin" generate --checkpoint $work/none
+
+# SIGTERM mid-run: the step in progress finishes, a checkpoint is written, exit status 0.
+run=$work/sigterm
+"$bin" train --config $micro --set schedule.max_steps=100000 --set logging.run_dir=$run --set logging.progress_bar=false > $work/sigterm.log 2>&1 &
+pid=$!
+for _ in $(seq 1 200); do [ -s $run/metrics.jsonl ] && break; sleep 0.1; done
+kill -TERM $pid
+wait $pid; status=$?
+ck=$(ls -d $run/checkpoints/step_* 2>/dev/null | tail -1)
+if [ "$status" -ne 0 ] || [ -z "$ck" ]; then
+  echo "FAIL: SIGTERM -> status $status, checkpoint '${ck}'"; tail -5 $work/sigterm.log; fails=$((fails + 1))
+else
+  echo "ok: SIGTERM -> status 0 and $ck"
+fi
+expect 0 "To be" -- "$bin" generate --checkpoint "$ck" --prompt "To be" --tokens 5
+expect 2 "temperature" -- "$bin" generate --checkpoint "$ck" --temperature 0
+
+[ $fails -eq 0 ] && echo "cli_test: all passed" || echo "cli_test: $fails failed"
+exit $fails

@@ -1,0 +1,51 @@
+#include "trainer/model_from_config.h"
+
+#include "core/check.h"
+
+namespace dilatron {
+
+GptShape gpt_shape_from(const ModelConfig& m) {
+  GptShape s;
+  s.n_layers = m.n_layers;
+  s.d_model = m.d_model;
+  s.n_heads = m.n_heads;
+  s.vocab_size = m.vocab_size;
+  s.seq_len = m.seq_len;
+  s.d_ff = m.d_ff;
+  s.position = m.position == PositionEncoding::learned ? PositionKind::learned : PositionKind::rotary;
+  s.norm = m.norm == NormType::rmsnorm ? NormKind::rmsnorm : NormKind::layernorm;
+  s.rope_theta = m.rope_theta;
+  s.init_std = m.init_std;
+  s.recompute = m.recompute;
+  return s;
+}
+
+DataSpec data_spec_from(const Config& c) {
+  DataSpec d;
+  d.path = c.data.path;
+  d.format = c.data.format == DataFormat::tokens ? TokenFileFormat::tokens : TokenFileFormat::text;
+  d.val_path = c.data.val_path;
+  d.val_fraction = c.data.val_fraction;
+  d.seq_len = c.model.seq_len;
+  d.vocab_size = c.model.vocab_size;
+  return d;
+}
+
+void require_supported_by_trainer(const Config& c) {
+  const char* later = "is not implemented in this version of dilatron";
+  DILATRON_CHECK_INPUT(c.attention.kind == AttentionKind::dense,
+                       "attention.kind: dilated {}; use dense", later);
+  DILATRON_CHECK_INPUT(c.parallel.sequence_parallel == 1,
+                       "parallel.sequence_parallel: {} {}; use 1", c.parallel.sequence_parallel, later);
+  DILATRON_CHECK_INPUT(c.zero.stage == 0, "zero.stage: 3 {}; use 0", later);
+  DILATRON_CHECK_INPUT(c.zero.offload_params == OffloadTier::device &&
+                           c.zero.offload_optimizer == OffloadTier::device,
+                       "zero.offload_params / zero.offload_optimizer: offload {}; use device", later);
+  DILATRON_CHECK_INPUT(c.device != DeviceKind::cuda, "device: cuda training {}; use cpu or auto", later);
+}
+
+int64_t micro_batch_of(const DataConfig& data) {
+  return data.micro_batch_size > 0 ? data.micro_batch_size : data.batch_size;
+}
+
+}  // namespace dilatron

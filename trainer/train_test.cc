@@ -1,0 +1,117 @@
+// End-to-end tests of the training loop on a micro model: resume is bit-identical, the split
+// of the batch into micro-batches does not change the result beyond rounding, and loss falls.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "trainer/checkpoint_files.h"
+#include "trainer/config.h"
+#include "trainer/train.h"
+
+namespace fs = std::filesystem;
+using namespace dilatron;
+
+namespace {
+
+std::string fresh_dir(const std::string& name) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  std::string dir = std::string(tmp ? tmp : "/tmp") + "/" + name;
+  fs::remove_all(dir);
+  return dir;
+}
+
+Config micro_config(const std::string& run_dir, const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> overrides = {"logging.run_dir=" + run_dir, "logging.every=1",
+                                        "logging.progress_bar=false", "sample.tokens=0",
+                                        "checkpoint.every=0", "schedule.max_steps=20",
+                                        "schedule.warmup_steps=5", "data.eval_every=5"};
+  overrides.insert(overrides.end(), extra.begin(), extra.end());
+  return load_config_file("configs/test-micro.yaml", overrides);
+}
+
+// step -> the metrics row of that step.
+std::map<int64_t, nlohmann::json> read_metrics(const std::string& run_dir) {
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  REQUIRE(in.good());
+  std::map<int64_t, nlohmann::json> rows;
+  for (std::string line; std::getline(in, line);) {
+    auto row = nlohmann::json::parse(line);
+    rows[row["step"].get<int64_t>()] = row;
+  }
+  return rows;
+}
+
+}  // namespace
+
+TEST_CASE("20 steps straight equal 10 steps, resume, 10 steps, bit for bit") {
+  std::string straight = fresh_dir("straight"), split = fresh_dir("split");
+  run_training(micro_config(straight), {});
+
+  TrainSummary first = run_training(micro_config(split), {"", 10});
+  CHECK(first.steps_done == 10);
+  CHECK(fs::exists(split + "/checkpoints/step_00000010"));
+  TrainSummary second = run_training(micro_config(split), {"auto", std::nullopt});
+  CHECK(second.steps_done == 20);
+
+  auto a = read_metrics(straight), b = read_metrics(split);
+  REQUIRE(a.size() == 20);
+  REQUIRE(b.size() == 20);
+  for (int64_t s = 1; s <= 20; ++s) {
+    CAPTURE(s);
+    CHECK(a[s]["loss"].get<double>() == b[s]["loss"].get<double>());
+    CHECK(a[s]["grad_norm"].get<double>() == b[s]["grad_norm"].get<double>());
+    if (a[s].contains("val_loss")) CHECK(a[s]["val_loss"].get<double>() == b[s]["val_loss"].get<double>());
+  }
+  // The final weights agree too.
+  auto wa = read_checkpoint(straight + "/checkpoints/step_00000020");
+  auto wb = read_checkpoint(split + "/checkpoints/step_00000020");
+  REQUIRE(wa.tensors.size() == wb.tensors.size());
+  for (size_t i = 0; i < wa.tensors.size(); ++i) {
+    REQUIRE(wa.tensors[i].tensor.nbytes() == wb.tensors[i].tensor.nbytes());
+    CHECK(std::memcmp(wa.tensors[i].tensor.raw(), wb.tensors[i].tensor.raw(), wa.tensors[i].tensor.nbytes()) == 0);
+  }
+}
+
+TEST_CASE("micro-batching changes the result only by rounding") {
+  std::string whole = fresh_dir("whole"), pieces = fresh_dir("pieces");
+  run_training(micro_config(whole, {"data.batch_size=4", "data.micro_batch_size=0"}), {});
+  run_training(micro_config(pieces, {"data.batch_size=4", "data.micro_batch_size=1"}), {});
+  auto a = read_metrics(whole), b = read_metrics(pieces);
+  for (int64_t s = 1; s <= 20; ++s) {
+    CAPTURE(s);
+    double la = a[s]["loss"].get<double>(), lb = b[s]["loss"].get<double>();
+    CHECK(std::abs(la - lb) <= 1e-5 * std::abs(la));
+  }
+}
+
+TEST_CASE("training lowers the loss and logs every required field") {
+  std::string dir = fresh_dir("falls");
+  TrainSummary s = run_training(micro_config(dir, {"schedule.max_steps=40", "optimizer.lr=3e-3"}), {});
+  auto rows = read_metrics(dir);
+  for (const auto& [step, row] : rows)
+    for (const char* key : {"step", "loss", "lr", "grad_norm", "tokens_per_s"}) CHECK(row.contains(key));
+  CHECK(rows.at(40).contains("val_loss"));
+  CHECK(rows.at(40)["loss"].get<double>() < rows.at(1)["loss"].get<double>() - 0.5);
+  CHECK(s.last_val_loss.has_value());
+  CHECK(fs::exists(dir + "/config.yaml"));
+}
+
+TEST_CASE("a fresh run refuses a run_dir that holds checkpoints") {
+  std::string dir = fresh_dir("refuse");
+  run_training(micro_config(dir, {"schedule.max_steps=2", "schedule.warmup_steps=1"}), {});
+  CHECK_THROWS_AS(run_training(micro_config(dir, {"schedule.max_steps=2", "schedule.warmup_steps=1"}), {}), InputError);
+}
+
+TEST_CASE("resuming with another model shape is refused, naming the key") {
+  std::string dir = fresh_dir("shape");
+  run_training(micro_config(dir, {"schedule.max_steps=2", "schedule.warmup_steps=1"}), {});
+  CHECK_THROWS_WITH_AS(run_training(micro_config(dir, {"model.d_model=48", "schedule.max_steps=4", "schedule.warmup_steps=1"}), {"auto", {}}),
+                       doctest::Contains("model.d_model"), InputError);
+}
