@@ -44,5 +44,13 @@ fi
 expect 0 "To be" -- "$bin" generate --checkpoint "$ck" --prompt "To be" --tokens 5
 expect 2 "temperature" -- "$bin" generate --checkpoint "$ck" --temperature 0
 
+# scripts/plot turns the run's metrics.jsonl into a PNG.
+if ! scripts/plot "$run" >/dev/null || ! head -c 8 "$run/loss.png" | grep -q PNG; then
+  echo "FAIL: scripts/plot $run wrote no PNG"; fails=$((fails + 1))
+else
+  echo "ok: scripts/plot -> $run/loss.png"
+fi
+expect 2 "metrics.jsonl" -- scripts/plot "$work/none"
+
 [ $fails -eq 0 ] && echo "cli_test: all passed" || echo "cli_test: $fails failed"
 exit $fails

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "core/check.h"
@@ -101,6 +102,8 @@ int run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   try {
+    // Logs and warnings on stderr; stdout carries only results (summary line, samples, configs).
+    spdlog::set_default_logger(spdlog::stderr_color_mt("dilatron"));
     return dilatron::run(argc, argv);
   } catch (const dilatron::InputError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -1,6 +1,7 @@
 #include "trainer/train.h"
 
 #include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -176,12 +177,17 @@ TrainSummary run_training(const Config& c, const TrainOptions& options) {
   summary.steps_done = step;
 
   if (!summary.stopped_by_signal && step == c.schedule.max_steps && c.sample.tokens > 0) {
-    CounterRng rng(c.seed, kSampleStream);
-    std::vector<int32_t> prompt = encode_bytes(c.sample.prompt);
-    SamplingOptions so{c.sample.tokens, c.sample.temperature, c.sample.top_k};
-    std::vector<int32_t> text = sample_continuation(model, prompt, so, rng);
-    spdlog::info("sample ({} tokens, temperature {}, top-k {}):\n{}{}", c.sample.tokens, c.sample.temperature,
-                 c.sample.top_k, c.sample.prompt, decode_bytes(text));
+    if (c.data.format == DataFormat::text) {
+      CounterRng rng(c.seed, kSampleStream);
+      SamplingOptions so{c.sample.tokens, c.sample.temperature, c.sample.top_k};
+      std::vector<int32_t> text = sample_continuation(model, encode_bytes(c.sample.prompt), so, rng);
+      std::printf("--- sample (%lld tokens, temperature %g, top-k %d) ---\n%s%s\n---\n",
+                  static_cast<long long>(c.sample.tokens), c.sample.temperature, c.sample.top_k,
+                  c.sample.prompt.c_str(), decode_bytes(text).c_str());
+      std::fflush(stdout);
+    } else {
+      spdlog::info("no sample: token shards come without a tokenizer (sample.tokens applies to data.format: text)");
+    }
   }
   return summary;
 }
