@@ -34,7 +34,8 @@ void block_attention_forward(RowBlock<T> out, attention_lse_t<T>* lse, int64_t l
 
 // The contribution of this (q block, k block) pair to the gradients of a softmax whose FINAL
 // row log-sum-exp is `lse` and whose final output's rowsum(dout * out) is `delta` (both over
-// all key blocks the rows saw). Using the final values makes the sum over blocks the exact
+// all key blocks the rows saw; `delta` is contiguous, one entry per query row, while `lse`
+// rows are lse_stride apart). Using the final values makes the sum over blocks the exact
 // gradient of the merged attention, merge weights included.
 template <typename T>
 void block_attention_backward(RowBlock<T> dq, RowBlock<T> dk, RowBlock<T> dv, RowBlock<const T> dout,

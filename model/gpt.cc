@@ -143,8 +143,12 @@ void gpt_init_params(const GptShape& s, uint64_t seed, T* flat) {
 }
 
 template <typename T>
-Gpt<T>::Gpt(const GptShape& shape, int max_batch)
-    : shape_(shape), max_batch_(max_batch), specs_(gpt_param_specs(shape)) {
+Gpt<T>::Gpt(const GptShape& shape, int max_batch, SequenceAttention<T>* attention)
+    : shape_(shape),
+      max_batch_(max_batch),
+      owned_attention_(attention ? nullptr : std::make_unique<DenseSequenceAttention<T>>(true)),
+      attention_(attention ? attention : owned_attention_.get()),
+      specs_(gpt_param_specs(shape)) {
   DILATRON_CHECK_INPUT(max_batch > 0, "max_batch must be positive, got {}", max_batch);
   const int64_t n_params = specs_.back().offset + specs_.back().numel;
   params_ = Tensor::zeros({n_params}, dtype_of<T>());
@@ -265,7 +269,7 @@ void Gpt<T>::block_forward(int layer, const BlockActivations& a, const T* x_in, 
     rotary_forward(a.q, B_, Tc_, H, D, pos0_, shape_.rope_theta);
     rotary_forward(a.k, B_, Tc_, H, D, pos0_, shape_.rope_theta);
   }
-  dense_attention_forward(a.att, a.lse, a.q, a.k, a.v, AttentionDims{B_, Tc_, H, D, true});
+  attention_->forward(a.att, a.lse, a.q, a.k, a.v, B_, Tc_, H, D);
   matmul_forward(a.x_mid, a.att, w.proj_w, w.proj_b, N, C, C);
   residual_forward(a.x_mid, x_in, N * C);
   norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.x_mid, w.ln2_w, w.ln2_b);
@@ -301,8 +305,7 @@ void Gpt<T>::block_backward(int layer, const BlockActivations& a, const T* x_in)
   zero(dq_, NC);
   zero(dk_, NC);
   zero(dv_, NC);
-  dense_attention_backward(dq_, dk_, dv_, d_norm_, a.att, a.lse, a.q, a.k, a.v,
-                           AttentionDims{B_, Tc_, H, D, true});
+  attention_->backward(dq_, dk_, dv_, d_norm_, a.att, a.lse, a.q, a.k, a.v, B_, Tc_, H, D);
   if (shape_.position == PositionKind::rotary) {
     rotary_backward(dq_, B_, Tc_, H, D, pos0_, shape_.rope_theta);
     rotary_backward(dk_, B_, Tc_, H, D, pos0_, shape_.rope_theta);

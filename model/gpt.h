@@ -17,7 +17,9 @@
 #include <type_traits>
 #include <vector>
 
-#include "attention/dense_attention.h"
+#include <memory>
+
+#include "attention/sequence_attention.h"
 #include "core/tensor.h"
 
 namespace dilatron {
@@ -71,7 +73,9 @@ void gpt_init_params(const GptShape& shape, uint64_t seed, T* flat);
 template <typename T>
 class Gpt {
  public:
-  Gpt(const GptShape& shape, int max_batch);
+  // `attention` computes attention over the tokens this rank holds (dense, dilated, or a
+  // ring over a sequence-parallel group); it must outlive the model. nullptr: dense causal.
+  Gpt(const GptShape& shape, int max_batch, SequenceAttention<T>* attention = nullptr);
   Gpt(const Gpt&) = delete;  // holds pointers into its own arena
   Gpt& operator=(const Gpt&) = delete;
 
@@ -129,6 +133,8 @@ class Gpt {
 
   GptShape shape_;
   int max_batch_;
+  std::unique_ptr<SequenceAttention<T>> owned_attention_;
+  SequenceAttention<T>* attention_;
   std::vector<ParamSpec> specs_;
   Tensor params_, grads_, arena_;
   int64_t wte_, wpe_, lnf_w_, lnf_b_;  // offsets; -1 when absent

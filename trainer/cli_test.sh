@@ -23,10 +23,19 @@ expect 2 "nonexistent.yaml" -- "$bin" train --config nonexistent.yaml
 expect 2 "no-such-data.txt" -- "$bin" train --config $micro --set data.path=no-such-data.txt --set logging.run_dir=$work/nodata
 printf 'hi' > $work/short.txt
 expect 2 "short.txt" -- "$bin" train --config $micro --set data.path=$work/short.txt --set logging.run_dir=$work/short
-expect 2 "attention.kind" -- "$bin" train --config $micro --set attention.kind=dilated --set attention.segment_lengths=[32] --set attention.dilation_rates=[1] --set logging.run_dir=$work/dil
+expect 2 "zero.stage" -- "$bin" train --config $micro --set zero.stage=3 --set logging.run_dir=$work/zero
+expect 2 "attention.segment_lengths" -- "$bin" train --config $micro --set attention.kind=dilated --set attention.segment_lengths=[12] --set attention.dilation_rates=[1] --set logging.run_dir=$work/dil
 expect 2 "no-such-flag" -- "$bin" train --config $micro --no-such-flag
 expect 0 "parameters" -- "$bin" config --config $micro
 expect 2 "checkpoint" -- "$bin" generate --checkpoint $work/none
+
+# Under mpirun: a sequence-parallel run through the CLI, and bad input on every rank ending
+# the job with status 2 (not a hang). Shared-memory files stay in this test's directory.
+export OMPI_MCA_btl_vader_backing_directory=$work TMPDIR=$work
+mpi=(mpirun -np 2 --oversubscribe --bind-to none --timeout 120)
+expect 0 "steps 3 loss" -- "${mpi[@]}" "$bin" train --config $micro --set parallel.sequence_parallel=2 --set schedule.max_steps=3 --set sample.tokens=0 --set logging.run_dir=$work/sp2
+expect 2 "no-such-data.txt" -- "${mpi[@]}" "$bin" train --config $micro --set data.path=no-such-data.txt --set logging.run_dir=$work/sp2-nodata
+expect 2 "data.batch_size" -- "${mpi[@]}" "$bin" train --config $micro --set data.batch_size=3 --set logging.run_dir=$work/dp2-odd
 
 # SIGTERM mid-run: the step in progress finishes, a checkpoint is written, exit status 0.
 run=$work/sigterm

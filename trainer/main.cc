@@ -1,6 +1,7 @@
 // dilatron: the command-line entry point. Library code throws; this file alone decides exit
 // statuses: 0 done (also after a signal-triggered checkpoint), 2 bad input, 1 anything else.
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -9,7 +10,10 @@
 #include <spdlog/spdlog.h>
 
 #include "core/check.h"
+#include "comm/mpi_communicator.h"
+#include "comm/process_groups.h"
 #include "core/rng.h"
+#include "trainer/attention_from_config.h"
 #include "trainer/config.h"
 #include "trainer/data.h"
 #include "trainer/memory_estimate.h"
@@ -24,11 +28,31 @@ namespace {
 int command_train(const std::string& config_path, const std::vector<std::string>& overrides,
                   const std::string& resume, int64_t stop_at_step) {
   Config config = load_config_file(config_path, overrides);
-  TrainOptions options{resume, stop_at_step > 0 ? std::optional<int64_t>(stop_at_step) : std::nullopt};
-  TrainSummary s = run_training(config, options);
-  std::printf("steps %lld loss %.6f", static_cast<long long>(s.steps_done), s.last_loss);
-  if (s.last_val_loss) std::printf(" val_loss %.6f", *s.last_val_loss);
-  std::printf("\n");
+  std::optional<InputError> input_error;
+  {
+    MpiRuntime mpi;
+    int world_size = 0;
+    try {
+      ProcessGroups groups = make_process_groups(mpi_world_communicator(), config.parallel.sequence_parallel);
+      world_size = groups.world->size();
+      TrainOptions options{resume, stop_at_step > 0 ? std::optional<int64_t>(stop_at_step) : std::nullopt};
+      TrainSummary s = run_training(config, options, groups);
+      if (groups.world->rank() == 0) {
+        std::printf("steps %lld loss %.6f", static_cast<long long>(s.steps_done), s.last_loss);
+        if (s.last_val_loss) std::printf(" val_loss %.6f", *s.last_val_loss);
+        std::printf("\n");
+      }
+    } catch (const InputError& e) {
+      // Alone, finish MPI cleanly and exit 2 below. With peers, the error may be this rank's
+      // alone and the others would wait for it forever: abort the job, with status 2.
+      if (world_size != 1) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        MpiRuntime::abort(2);
+      }
+      input_error = e;
+    }
+  }
+  if (input_error) throw *input_error;
   return 0;
 }
 
@@ -46,9 +70,14 @@ int command_generate(const std::string& checkpoint, const std::string& prompt, i
                        "--checkpoint {}: the model was trained on token shards (data.format: tokens), and "
                        "dilatron has no tokenizer for them; generate needs a data.format: text model",
                        checkpoint);
+  DILATRON_CHECK_INPUT(config.attention.causal,
+                       "--checkpoint {}: the model was trained with attention.causal: false, so it cannot "
+                       "predict the next token",
+                       checkpoint);
   DILATRON_CHECK_INPUT(temperature > 0, "--temperature: must be > 0, got {}", temperature);
   DILATRON_CHECK_INPUT(top_k >= 0, "--top-k: must be >= 0, got {}", top_k);
-  Gpt<float> model(gpt_shape_from(config.model), 1);
+  auto attention = single_rank_attention(config);
+  Gpt<float> model(gpt_shape_from(config.model), 1, attention.get());
   load_checkpoint_weights(checkpoint, model);
   CounterRng rng(seed, 0x47454e4552415445ull);
   std::vector<int32_t> text = sample_continuation(model, encode_bytes(prompt), {tokens, temperature, top_k}, rng);

@@ -33,10 +33,6 @@ DataSpec data_spec_from(const Config& c) {
 
 void require_supported_by_trainer(const Config& c) {
   const char* later = "is not implemented in this version of dilatron";
-  DILATRON_CHECK_INPUT(c.attention.kind == AttentionKind::dense,
-                       "attention.kind: dilated {}; use dense", later);
-  DILATRON_CHECK_INPUT(c.parallel.sequence_parallel == 1,
-                       "parallel.sequence_parallel: {} {}; use 1", c.parallel.sequence_parallel, later);
   DILATRON_CHECK_INPUT(c.zero.stage == 0, "zero.stage: 3 {}; use 0", later);
   DILATRON_CHECK_INPUT(c.zero.offload_params == OffloadTier::device &&
                            c.zero.offload_optimizer == OffloadTier::device,

@@ -35,14 +35,17 @@ int32_t sample_token(const float* logits, int vocab, double temperature, int top
 std::vector<int32_t> sample_continuation(Gpt<float>& model, const std::vector<int32_t>& prompt,
                                          const SamplingOptions& options, CounterRng& rng) {
   DILATRON_CHECK_INPUT(!prompt.empty(), "--prompt: the prompt must hold at least one token");
-  const int vocab = model.shape().vocab_size, window = model.shape().seq_len;
+  const int vocab = model.shape().vocab_size, window_len = model.shape().seq_len;
   for (int32_t t : prompt)
     DILATRON_CHECK_INPUT(t >= 0 && t < vocab, "--prompt: token {} is outside the vocabulary of {}", t, vocab);
-  std::vector<int32_t> context = prompt, generated;
+  std::vector<int32_t> context = prompt, generated, window(window_len);
   for (int64_t i = 0; i < options.tokens; ++i) {
-    int len = static_cast<int>(std::min<size_t>(context.size(), window));
-    const int32_t* tokens = context.data() + context.size() - len;
-    model.forward(tokens, nullptr, 1, len);
+    // The model always sees a full window (dilated segments must divide it), padded on the
+    // right; under causal attention the padding cannot change the logits at len - 1.
+    const int len = static_cast<int>(std::min<size_t>(context.size(), window_len));
+    std::copy(context.end() - len, context.end(), window.begin());
+    std::fill(window.begin() + len, window.end(), 0);
+    model.forward(window.data(), nullptr, 1, window_len);
     const float* last = model.logits() + static_cast<size_t>(len - 1) * vocab;
     int32_t next = sample_token(last, vocab, options.temperature, options.top_k, rng.uniform());
     context.push_back(next);

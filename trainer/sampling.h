@@ -16,7 +16,8 @@ struct SamplingOptions {
   int top_k = 0;             // 0: the whole vocabulary
 };
 
-// Returns only the new tokens. Each one runs the model over the last seq_len tokens.
+// Returns only the new tokens. Each one runs the model over the last seq_len tokens, padded
+// to a full window; the model's attention must be causal.
 std::vector<int32_t> sample_continuation(Gpt<float>& model, const std::vector<int32_t>& prompt,
                                          const SamplingOptions& options, CounterRng& rng);
 

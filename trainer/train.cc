@@ -1,8 +1,8 @@
 #include "trainer/train.h"
 
 #include <chrono>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <vector>
@@ -15,6 +15,8 @@
 #include "optim/adamw.h"
 #include "optim/grad_norm.h"
 #include "optim/schedule.h"
+#include "trainer/attention_from_config.h"
+#include "trainer/batch_layout.h"
 #include "trainer/checkpoint_files.h"
 #include "trainer/data.h"
 #include "trainer/metrics_log.h"
@@ -32,22 +34,26 @@ namespace {
 // Stream of the end-of-training sample, apart from the data-order and init streams.
 constexpr uint64_t kSampleStream = 0x53414d504c45ull;
 
-struct Batch {
-  std::vector<int32_t> inputs, targets;  // (micro, T)
-};
+double world_sum(Communicator& world, double x) {
+  world.all_reduce(&x, 1, DType::f64, ReduceOp::sum);
+  return x;
+}
 
-double mean_val_loss(Gpt<float>& model, const TokenData& data, const Config& c, Batch& batch) {
-  const int64_t micro = micro_batch_of(c.data), T = c.model.seq_len;
-  const int64_t wanted = c.data.eval_batches * c.data.batch_size;
-  const int64_t count = std::min<int64_t>(wanted, data.num_val_sequences());
+double mean_val_loss(Gpt<float>& model, const TokenData& data, const Config& c, const BatchLayout& layout,
+                     const ProcessGroups& g, std::vector<int32_t>& inputs, std::vector<int32_t>& targets) {
+  const int64_t total = std::min<int64_t>(c.data.eval_batches * c.data.batch_size, data.num_val_sequences());
+  // Sequence-parallel peers share a data-parallel rank, hence the same slice: they meet in the ring.
+  const ValSlice mine = val_slice(total, g.dp_rank, g.dp_size);
   double loss_sum = 0;
-  for (int64_t first = 0; first < count; first += micro) {
-    int64_t rows = std::min(micro, count - first);
+  for (int64_t first = 0; first < mine.count; first += layout.micro) {
+    const int64_t rows = std::min(layout.micro, mine.count - first);
     for (int64_t r = 0; r < rows; ++r)
-      data.val_sequence(first + r, 0, T, batch.inputs.data() + r * T, batch.targets.data() + r * T);
-    loss_sum += model.forward(batch.inputs.data(), batch.targets.data(), static_cast<int>(rows), static_cast<int>(T));
+      data.val_sequence(mine.first + first + r, layout.chunk_begin, layout.chunk_len,
+                        inputs.data() + r * layout.chunk_len, targets.data() + r * layout.chunk_len);
+    loss_sum += model.forward(inputs.data(), targets.data(), static_cast<int>(rows),
+                              static_cast<int>(layout.chunk_len), static_cast<int>(layout.chunk_begin));
   }
-  return loss_sum / static_cast<double>(count * T);
+  return world_sum(*g.world, loss_sum) / static_cast<double>(total * c.model.seq_len);
 }
 
 void write_resolved_config(const std::string& run_dir, const Config& c) {
@@ -60,15 +66,38 @@ void write_resolved_config(const std::string& run_dir, const Config& c) {
   fs::rename(tmp, path);
 }
 
+void print_sample(const Config& c, Gpt<float>& trained) {
+  if (c.data.format != DataFormat::text) {
+    spdlog::info("no sample: token shards come without a tokenizer (sample.tokens applies to data.format: text)");
+    return;
+  }
+  // Sampling needs the whole window on one rank, with single-rank attention.
+  auto attention = single_rank_attention(c);
+  Gpt<float> model(trained.shape(), 1, attention.get());
+  std::copy(trained.params(), trained.params() + trained.num_params(), model.params());
+  CounterRng rng(c.seed, kSampleStream);
+  SamplingOptions so{c.sample.tokens, c.sample.temperature, c.sample.top_k};
+  std::vector<int32_t> text = sample_continuation(model, encode_bytes(c.sample.prompt), so, rng);
+  std::printf("--- sample (%lld tokens, temperature %g, top-k %d) ---\n%s%s\n---\n",
+              static_cast<long long>(c.sample.tokens), c.sample.temperature, c.sample.top_k, c.sample.prompt.c_str(),
+              decode_bytes(text).c_str());
+  std::fflush(stdout);
+}
+
 }  // namespace
 
-TrainSummary run_training(const Config& c, const TrainOptions& options) {
+TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessGroups& g) {
   require_supported_by_trainer(c);
+  Communicator& world = *g.world;
+  const bool lead = world.rank() == 0;
   const GptShape shape = gpt_shape_from(c.model);
-  const int64_t T = c.model.seq_len, micro = micro_batch_of(c.data);
-  const int64_t batch = c.data.batch_size, tokens_per_step = batch * T;
+  const BatchLayout layout =
+      make_batch_layout(c.data.batch_size, c.data.micro_batch_size, c.model.seq_len, g.dp_rank, g.dp_size, g.sp_rank, g.sp_size);
+  const int64_t tokens_per_step = c.data.batch_size * c.model.seq_len;
 
-  // Resolve what to resume from before touching the run directory.
+  // Resolve what to resume from before touching the run directory. Every rank reads the
+  // (shared) run directory itself; the barrier orders it after any earlier writer.
+  world.barrier();
   std::optional<std::string> resume_dir;
   if (options.resume == "auto") {
     resume_dir = find_latest_checkpoint(c.logging.run_dir);
@@ -82,68 +111,77 @@ TrainSummary run_training(const Config& c, const TrainOptions& options) {
   }
 
   TokenData data = TokenData::load(data_spec_from(c));
-  Gpt<float> model(shape, static_cast<int>(micro));
+  std::unique_ptr<SequenceAttention<float>> attention = sequence_attention_for(c, *g.sequence_parallel);
+  Gpt<float> model(shape, static_cast<int>(layout.micro), attention.get());
   TrainingState state(shape);
   int64_t step = 0;
   if (resume_dir) {
     step = load_training_state(*resume_dir, c, model, state);
-    spdlog::info("resumed from {} at step {}", *resume_dir, step);
+    if (lead) spdlog::info("resumed from {} at step {}", *resume_dir, step);
   } else {
     gpt_init_params(shape, c.seed, model.params());
   }
   const int64_t last_step = std::min(c.schedule.max_steps, options.stop_at_step.value_or(c.schedule.max_steps));
 
-  fs::create_directories(c.logging.run_dir);
-  write_resolved_config(c.logging.run_dir, c);
-  MetricsLog metrics(c.logging.run_dir + "/metrics.jsonl");
-  spdlog::info("model: {} parameters, {} layers, d_model {}, {} heads, seq_len {}; batch {} x {} tokens "
-               "({} per micro-batch); data: {} train / {} val tokens",
-               model.num_params(), shape.n_layers, shape.d_model, shape.n_heads, T, batch, T, micro,
-               data.train_tokens(), data.val_tokens());
+  std::unique_ptr<MetricsLog> metrics;
+  if (lead) {
+    fs::create_directories(c.logging.run_dir);
+    write_resolved_config(c.logging.run_dir, c);
+    metrics = std::make_unique<MetricsLog>(c.logging.run_dir + "/metrics.jsonl");
+    spdlog::info("model: {} parameters, {} layers, d_model {}, {} heads, seq_len {}; batch {} x {} tokens; "
+                 "{} ranks = {} data-parallel x {} sequence-parallel ({} sequences x {} positions per rank, "
+                 "{} per micro-batch); data: {} train / {} val tokens",
+                 model.num_params(), shape.n_layers, shape.d_model, shape.n_heads, shape.seq_len, c.data.batch_size,
+                 shape.seq_len, world.size(), g.dp_size, g.sp_size, layout.per_rank, layout.chunk_len, layout.micro,
+                 data.train_tokens(), data.val_tokens());
+  }
 
   install_stop_signal_handlers();
-  const LrSchedule schedule{static_cast<float>(c.optimizer.lr), c.schedule.warmup_steps,
-                            c.schedule.max_steps, static_cast<float>(c.schedule.min_lr_ratio)};
-  const std::vector<ParamSpec> specs = gpt_param_specs(shape);
-  Batch mb{std::vector<int32_t>(micro * T), std::vector<int32_t>(micro * T)};
-  ProgressBar progress(step, last_step, c.logging.progress_bar);
+  const LrSchedule schedule{static_cast<float>(c.optimizer.lr), c.schedule.warmup_steps, c.schedule.max_steps,
+                            static_cast<float>(c.schedule.min_lr_ratio)};
+  const std::vector<ParamSpec>& specs = model.param_specs();
+  std::vector<int32_t> inputs(layout.micro * layout.chunk_len), targets(layout.micro * layout.chunk_len);
+  ProgressBar progress(step, last_step, lead && c.logging.progress_bar);
   TrainSummary summary;
   int64_t last_checkpoint_step = resume_dir ? step : -1;
 
   auto checkpoint = [&](const char* why) {
-    summary.last_checkpoint = save_training_state(c, step, model, state);
+    if (lead) {
+      summary.last_checkpoint = save_training_state(c, step, model, state);
+      progress.message(fmt::format("checkpoint ({}) {}", why, summary.last_checkpoint));
+    }
     last_checkpoint_step = step;
-    progress.message(fmt::format("checkpoint ({}) {}", why, summary.last_checkpoint));
+    world.barrier();  // nobody reads or resumes before the checkpoint is complete
   };
 
+  const int64_t n = model.num_params();
   while (step < last_step) {
     auto start = std::chrono::steady_clock::now();
     model.zero_grads();
     double loss_sum = 0;
-    // Every token of the global batch weighs 1/(batch*T) in the loss, whatever the micro-batching.
+    // Every token of the global batch weighs 1/(batch*T) in the loss, however it is split.
     const double token_weight = 1.0 / static_cast<double>(tokens_per_step);
-    for (int64_t first = 0; first < batch; first += micro) {
-      int64_t rows = std::min(micro, batch - first);
-      for (int64_t r = 0; r < rows; ++r)
-        data.train_sequence(c.seed, step, first + r, 0, T, mb.inputs.data() + r * T, mb.targets.data() + r * T);
-      loss_sum += model.forward(mb.inputs.data(), mb.targets.data(), static_cast<int>(rows), static_cast<int>(T));
+    for (int64_t m = 0; m * layout.micro < layout.per_rank; ++m) {
+      int64_t rows = fill_train_micro_batch(data, layout, c.seed, step, m, inputs, targets);
+      loss_sum += model.forward(inputs.data(), targets.data(), static_cast<int>(rows),
+                                static_cast<int>(layout.chunk_len), static_cast<int>(layout.chunk_begin));
       model.backward(token_weight);
     }
-    const double loss = loss_sum * token_weight;
+    if (world.size() > 1) world.all_reduce(model.grads(), n, DType::f32, ReduceOp::sum);
+    const double loss = world_sum(world, loss_sum) * token_weight;
     DILATRON_CHECK(std::isfinite(loss), "training loss is {} at step {}: lower optimizer.lr or check the data", loss, step);
 
-    const int64_t n = model.num_params();
     const double grad_norm = std::sqrt(sum_of_squares_cpu(model.grads(), n));
     const float clip = clip_coefficient(grad_norm, static_cast<float>(c.optimizer.grad_clip));
     if (clip < 1.0f) {
-      float* g = model.grads();
-      for (int64_t i = 0; i < n; ++i) g[i] *= clip;
+      float* grad = model.grads();
+      for (int64_t i = 0; i < n; ++i) grad[i] *= clip;
     }
     const float lr = lr_at(schedule, step);
     for (const ParamSpec& p : specs) {
       AdamWStep s{lr, static_cast<float>(c.optimizer.beta1), static_cast<float>(c.optimizer.beta2),
-                  static_cast<float>(c.optimizer.eps),
-                  p.weight_decay ? static_cast<float>(c.optimizer.weight_decay) : 0.0f, step + 1};
+                  static_cast<float>(c.optimizer.eps), p.weight_decay ? static_cast<float>(c.optimizer.weight_decay) : 0.0f,
+                  step + 1};
       adamw_update_cpu(model.params() + p.offset, model.grads() + p.offset, state.adam_m.data() + p.offset,
                        state.adam_v.data() + p.offset, p.numel, s);
     }
@@ -157,17 +195,20 @@ TrainSummary run_training(const Config& c, const TrainOptions& options) {
     nlohmann::json row{{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
                        {"tokens_per_s", tokens_per_s}, {"step_time_s", seconds}};
     if (eval_now) {
-      double val = mean_val_loss(model, data, c, mb);
+      double val = mean_val_loss(model, data, c, layout, g, inputs, targets);
       row["val_loss"] = val;
       summary.last_val_loss = val;
       progress.message(fmt::format("step {}: train loss {:.4f}, val loss {:.4f}", step, loss, val));
     }
-    if (log_now || eval_now) metrics.write(row);
+    if (metrics && (log_now || eval_now)) metrics->write(row);
     progress.update(step, loss, tokens_per_s, log_now);
 
-    if (stop_requested()) {
+    // A signal may reach only some ranks (or reach them at different steps): agree on it.
+    int stop = stop_requested() ? 1 : 0;
+    world.all_reduce(&stop, 1, DType::i32, ReduceOp::max);
+    if (stop) {
       summary.stopped_by_signal = true;
-      progress.message(fmt::format("signal {} received: stopping after step {}", stop_signal_number(), step));
+      progress.message(fmt::format("stop signal received: stopping after step {}", step));
       break;
     }
     if (c.checkpoint.every > 0 && step % c.checkpoint.every == 0 && step < last_step) checkpoint("periodic");
@@ -176,19 +217,9 @@ TrainSummary run_training(const Config& c, const TrainOptions& options) {
   progress.finish();
   summary.steps_done = step;
 
-  if (!summary.stopped_by_signal && step == c.schedule.max_steps && c.sample.tokens > 0) {
-    if (c.data.format == DataFormat::text) {
-      CounterRng rng(c.seed, kSampleStream);
-      SamplingOptions so{c.sample.tokens, c.sample.temperature, c.sample.top_k};
-      std::vector<int32_t> text = sample_continuation(model, encode_bytes(c.sample.prompt), so, rng);
-      std::printf("--- sample (%lld tokens, temperature %g, top-k %d) ---\n%s%s\n---\n",
-                  static_cast<long long>(c.sample.tokens), c.sample.temperature, c.sample.top_k,
-                  c.sample.prompt.c_str(), decode_bytes(text).c_str());
-      std::fflush(stdout);
-    } else {
-      spdlog::info("no sample: token shards come without a tokenizer (sample.tokens applies to data.format: text)");
-    }
-  }
+  if (lead && !summary.stopped_by_signal && step == c.schedule.max_steps && c.sample.tokens > 0 && c.attention.causal)
+    print_sample(c, model);
+  world.barrier();
   return summary;
 }
 

@@ -1,11 +1,17 @@
-// The single-process training loop: data -> micro-batches -> forward/backward -> clip ->
-// AdamW -> metrics, validation, checkpoints, and a sample at the end.
+// The training loop: data -> micro-batches -> forward/backward -> gradient all-reduce ->
+// clip -> AdamW -> metrics, validation, checkpoints, and a sample at the end.
+//
+// Every rank of the world runs it. Parameters are replicated; each rank computes the loss
+// terms of its part of the batch (BatchLayout), weighted by 1 / (global tokens), so summing
+// gradients over the world gives exactly the single-rank gradient (summed over
+// sequence-parallel ranks, averaged over data-parallel ranks).
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <string>
 
+#include "comm/process_groups.h"
 #include "trainer/config.h"
 
 namespace dilatron {
@@ -28,6 +34,7 @@ struct TrainSummary {
   std::string last_checkpoint;  // "" if none was written
 };
 
-TrainSummary run_training(const Config& config, const TrainOptions& options);
+// groups.world must hold parallel.sequence_parallel x (data-parallel size) ranks.
+TrainSummary run_training(const Config& config, const TrainOptions& options, ProcessGroups& groups);
 
 }  // namespace dilatron

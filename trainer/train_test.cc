@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "comm/mpi_communicator.h"
+#include "comm/process_groups.h"
 #include "trainer/checkpoint_files.h"
 #include "trainer/config.h"
 #include "trainer/train.h"
@@ -36,6 +38,12 @@ Config micro_config(const std::string& run_dir, const std::vector<std::string>& 
   return load_config_file("configs/test-micro.yaml", overrides);
 }
 
+// A single-rank run inside this (singleton) MPI process.
+TrainSummary train(const Config& config, const TrainOptions& options = {}) {
+  ProcessGroups groups = make_process_groups(mpi_world_communicator(), 1);
+  return run_training(config, options, groups);
+}
+
 // step -> the metrics row of that step.
 std::map<int64_t, nlohmann::json> read_metrics(const std::string& run_dir) {
   std::ifstream in(run_dir + "/metrics.jsonl");
@@ -52,12 +60,12 @@ std::map<int64_t, nlohmann::json> read_metrics(const std::string& run_dir) {
 
 TEST_CASE("20 steps straight equal 10 steps, resume, 10 steps, bit for bit") {
   std::string straight = fresh_dir("straight"), split = fresh_dir("split");
-  run_training(micro_config(straight), {});
+  train(micro_config(straight), {});
 
-  TrainSummary first = run_training(micro_config(split), {"", 10});
+  TrainSummary first = train(micro_config(split), {"", 10});
   CHECK(first.steps_done == 10);
   CHECK(fs::exists(split + "/checkpoints/step_00000010"));
-  TrainSummary second = run_training(micro_config(split), {"auto", std::nullopt});
+  TrainSummary second = train(micro_config(split), {"auto", std::nullopt});
   CHECK(second.steps_done == 20);
 
   auto a = read_metrics(straight), b = read_metrics(split);
@@ -81,8 +89,8 @@ TEST_CASE("20 steps straight equal 10 steps, resume, 10 steps, bit for bit") {
 
 TEST_CASE("micro-batching changes the result only by rounding") {
   std::string whole = fresh_dir("whole"), pieces = fresh_dir("pieces");
-  run_training(micro_config(whole, {"data.batch_size=4", "data.micro_batch_size=0"}), {});
-  run_training(micro_config(pieces, {"data.batch_size=4", "data.micro_batch_size=1"}), {});
+  train(micro_config(whole, {"data.batch_size=4", "data.micro_batch_size=0"}), {});
+  train(micro_config(pieces, {"data.batch_size=4", "data.micro_batch_size=1"}), {});
   auto a = read_metrics(whole), b = read_metrics(pieces);
   for (int64_t s = 1; s <= 20; ++s) {
     CAPTURE(s);
@@ -93,7 +101,7 @@ TEST_CASE("micro-batching changes the result only by rounding") {
 
 TEST_CASE("training lowers the loss and logs every required field") {
   std::string dir = fresh_dir("falls");
-  TrainSummary s = run_training(micro_config(dir, {"schedule.max_steps=40", "optimizer.lr=3e-3"}), {});
+  TrainSummary s = train(micro_config(dir, {"schedule.max_steps=40", "optimizer.lr=3e-3"}), {});
   auto rows = read_metrics(dir);
   for (const auto& [step, row] : rows)
     for (const char* key : {"step", "loss", "lr", "grad_norm", "tokens_per_s"}) CHECK(row.contains(key));
@@ -105,13 +113,13 @@ TEST_CASE("training lowers the loss and logs every required field") {
 
 TEST_CASE("a fresh run refuses a run_dir that holds checkpoints") {
   std::string dir = fresh_dir("refuse");
-  run_training(micro_config(dir, {"schedule.max_steps=2", "schedule.warmup_steps=1"}), {});
-  CHECK_THROWS_AS(run_training(micro_config(dir, {"schedule.max_steps=2", "schedule.warmup_steps=1"}), {}), InputError);
+  train(micro_config(dir, {"schedule.max_steps=2", "schedule.warmup_steps=1"}), {});
+  CHECK_THROWS_AS(train(micro_config(dir, {"schedule.max_steps=2", "schedule.warmup_steps=1"}), {}), InputError);
 }
 
 TEST_CASE("resuming with another model shape is refused, naming the key") {
   std::string dir = fresh_dir("shape");
-  run_training(micro_config(dir, {"schedule.max_steps=2", "schedule.warmup_steps=1"}), {});
-  CHECK_THROWS_WITH_AS(run_training(micro_config(dir, {"model.d_model=48", "schedule.max_steps=4", "schedule.warmup_steps=1"}), {"auto", {}}),
+  train(micro_config(dir, {"schedule.max_steps=2", "schedule.warmup_steps=1"}), {});
+  CHECK_THROWS_WITH_AS(train(micro_config(dir, {"model.d_model=48", "schedule.max_steps=4", "schedule.warmup_steps=1"}), {"auto", {}}),
                        doctest::Contains("model.d_model"), InputError);
 }
