@@ -1,0 +1,32 @@
+// Where the model's parameters and gradients live, one group at a time: group 0 is the
+// embeddings (wte, wpe), groups 1..L the blocks, group L+1 the final norm (ParamSpec::group).
+// The model asks for a group just before it runs and gives it back right after, so a ZeRO-3
+// source can gather a group from its shards on demand and free it again.
+//
+// A group's buffer holds its parameters in the flat layout of gpt_param_specs, starting at
+// the group's first parameter (offset - first offset of the group).
+#pragma once
+
+namespace dilatron {
+
+template <typename T>
+class ParameterSource {
+ public:
+  virtual ~ParameterSource() = default;
+
+  // The group's full parameters, valid until release(group). Acquired twice without a
+  // release in between is an error.
+  virtual const T* acquire(int group) = 0;
+  virtual void release(int group) = 0;
+
+  // A buffer for the group's full gradients, accumulated into (+=) by the backward, valid
+  // until gradients_done(group); the source decides what its initial contents are (the
+  // resident source: the gradients so far; ZeRO-3: zeros, reduce-scattered afterwards).
+  virtual T* acquire_gradients(int group) = 0;
+  virtual void gradients_done(int group) = 0;
+
+  // Hint: groups the model will acquire next, in order (for prefetching). May be ignored.
+  virtual void will_acquire(int group) { (void)group; }
+};
+
+}  // namespace dilatron
