@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-#include "attention/dense_attention.h"
+#include "attention/attention_lse.h"
 
 namespace dilatron {
 

@@ -8,11 +8,11 @@
 // sets can be merged later.
 //
 // Gradient rule: dq, dk, dv are accumulated (+=); the caller zeroes them.
-// Memory: scores are computed for a block of query rows at a time, (kQueryBlock, T) per
-// thread; a T x T matrix is never formed.
+// Dense attention is one block of the primitive in block_attention.h per (batch, head), so
+// it shares that code's memory bound: a T x T matrix is never formed.
 #pragma once
 
-#include <type_traits>
+#include "attention/attention_lse.h"
 
 namespace dilatron {
 
@@ -20,11 +20,6 @@ struct AttentionDims {
   int B, T, H, D;
   bool causal;
 };
-
-// Precision of the saved log-sum-exp: float for fp32 inputs, double for fp64 inputs so
-// that fp64 gradient checks are not limited by a rounded lse.
-template <typename T>
-using attention_lse_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // out (B, T, H, D), lse (B, H, T).
 template <typename T>

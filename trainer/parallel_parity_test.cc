@@ -15,6 +15,7 @@
 #include "comm/mpi_communicator.h"
 #include "comm/process_groups.h"
 #include "trainer/config.h"
+#include "trainer/metrics_reader.h"
 #include "trainer/train.h"
 
 namespace fs = std::filesystem;
@@ -33,17 +34,6 @@ Config parity_config(const std::string& dir, const std::vector<std::string>& ext
                                         "schedule.warmup_steps=5", "data.eval_every=10", "data.batch_size=4"};
   overrides.insert(overrides.end(), extra.begin(), extra.end());
   return load_config_file("configs/test-micro.yaml", overrides);
-}
-
-std::map<int64_t, nlohmann::json> read_metrics(const std::string& dir) {
-  std::ifstream in(dir + "/metrics.jsonl");
-  REQUIRE(in.good());
-  std::map<int64_t, nlohmann::json> rows;
-  for (std::string line; std::getline(in, line);) {
-    auto row = nlohmann::json::parse(line);
-    rows[row["step"].get<int64_t>()] = row;
-  }
-  return rows;
 }
 
 bool close(double a, double b) { return std::abs(a - b) <= 1e-5 * std::abs(a); }

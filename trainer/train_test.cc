@@ -15,6 +15,7 @@
 #include "comm/process_groups.h"
 #include "trainer/checkpoint_files.h"
 #include "trainer/config.h"
+#include "trainer/metrics_reader.h"
 #include "trainer/train.h"
 
 namespace fs = std::filesystem;
@@ -42,18 +43,6 @@ Config micro_config(const std::string& run_dir, const std::vector<std::string>& 
 TrainSummary train(const Config& config, const TrainOptions& options = {}) {
   ProcessGroups groups = make_process_groups(mpi_world_communicator(), 1);
   return run_training(config, options, groups);
-}
-
-// step -> the metrics row of that step.
-std::map<int64_t, nlohmann::json> read_metrics(const std::string& run_dir) {
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  REQUIRE(in.good());
-  std::map<int64_t, nlohmann::json> rows;
-  for (std::string line; std::getline(in, line);) {
-    auto row = nlohmann::json::parse(line);
-    rows[row["step"].get<int64_t>()] = row;
-  }
-  return rows;
 }
 
 }  // namespace
