@@ -50,6 +50,44 @@ class ArenaCarver {
   int64_t used_ = 0;
 };
 
+// Parameters and gradients in the model's own flat buffers: a group's buffer is its slice.
+// Tracks what is held so a model that breaks the acquire/release protocol fails here too.
+template <typename T>
+class ResidentParameterSource final : public ParameterSource<T> {
+ public:
+  ResidentParameterSource(T* params, T* grads, std::vector<int64_t> group_begin)
+      : params_(params),
+        grads_(grads),
+        group_begin_(std::move(group_begin)),
+        params_held_(group_begin_.size(), false),
+        grads_held_(group_begin_.size(), false) {}
+
+  const T* acquire(int group) override {
+    mark(params_held_, group, true, "acquire");
+    return params_ + group_begin_[group];
+  }
+  void release(int group) override { mark(params_held_, group, false, "release"); }
+  T* acquire_gradients(int group) override {
+    mark(grads_held_, group, true, "acquire_gradients");
+    return grads_ + group_begin_[group];
+  }
+  void gradients_done(int group) override { mark(grads_held_, group, false, "gradients_done"); }
+
+ private:
+  static void mark(std::vector<bool>& held, int group, bool to, const char* what) {
+    DILATRON_CHECK(group >= 0 && group < static_cast<int>(held.size()), "{} of group {} outside [0, {})", what,
+                   group, held.size());
+    DILATRON_CHECK(held[group] != to, "{} of group {}, which is {}", what, group,
+                   held[group] ? "already held" : "not held");
+    held[group] = to;
+  }
+
+  T* params_;
+  T* grads_;
+  std::vector<int64_t> group_begin_;
+  std::vector<bool> params_held_, grads_held_;
+};
+
 }  // namespace
 
 void validate_gpt_shape(const GptShape& s) {
@@ -122,40 +160,52 @@ int64_t gpt_num_params(const GptShape& s) {
 }
 
 template <typename T>
-void gpt_init_params(const GptShape& s, uint64_t seed, T* flat) {
-  const PhiloxKey key = philox_key(seed);
-  for (const ParamSpec& p : gpt_param_specs(s)) {
-    T* values = flat + p.offset;
-    if (is_norm_weight(p.name)) {
-      std::fill(values, values + p.numel, T(1));
-    } else if (ends_with(p.name, ".bias")) {
-      std::fill(values, values + p.numel, T(0));
-    } else {
-      // GPT-2: each residual branch's output projection is scaled by 1/sqrt(2 L) so the
-      // residual stream's variance does not grow with depth.
-      const double stddev =
-          s.init_std / (is_output_projection(p.name) ? std::sqrt(2.0 * s.n_layers) : 1.0);
-      const uint64_t stream = name_stream(p.name);
-      for (int64_t i = 0; i < p.numel; ++i)
-        values[i] = static_cast<T>(stddev * philox_normal(key, stream, static_cast<uint64_t>(i)));
-    }
+void gpt_init_param_range(const ParamSpec& p, const GptShape& s, uint64_t seed, int64_t begin, int64_t end,
+                          T* dst) {
+  DILATRON_CHECK(0 <= begin && begin <= end && end <= p.numel, "range [{}, {}) outside {} ({} elements)", begin,
+                 end, p.name, p.numel);
+  if (is_norm_weight(p.name)) {
+    std::fill(dst, dst + (end - begin), T(1));
+  } else if (ends_with(p.name, ".bias")) {
+    std::fill(dst, dst + (end - begin), T(0));
+  } else {
+    // GPT-2: each residual branch's output projection is scaled by 1/sqrt(2 L) so the
+    // residual stream's variance does not grow with depth.
+    const double stddev = s.init_std / (is_output_projection(p.name) ? std::sqrt(2.0 * s.n_layers) : 1.0);
+    const PhiloxKey key = philox_key(seed);
+    const uint64_t stream = name_stream(p.name);
+    for (int64_t i = begin; i < end; ++i)
+      dst[i - begin] = static_cast<T>(stddev * philox_normal(key, stream, static_cast<uint64_t>(i)));
   }
 }
 
 template <typename T>
-Gpt<T>::Gpt(const GptShape& shape, int max_batch, SequenceAttention<T>* attention)
+void gpt_init_params(const GptShape& s, uint64_t seed, T* flat) {
+  for (const ParamSpec& p : gpt_param_specs(s)) gpt_init_param_range(p, s, seed, 0, p.numel, flat + p.offset);
+}
+
+template <typename T>
+Gpt<T>::Gpt(const GptShape& shape, int max_batch, SequenceAttention<T>* attention, ParameterSource<T>* params)
     : shape_(shape),
       max_batch_(max_batch),
       owned_attention_(attention ? nullptr : std::make_unique<DenseSequenceAttention<T>>(true)),
       attention_(attention ? attention : owned_attention_.get()),
-      specs_(gpt_param_specs(shape)) {
+      specs_(gpt_param_specs(shape)),
+      n_params_(specs_.back().offset + specs_.back().numel),
+      source_(params) {
   DILATRON_CHECK_INPUT(max_batch > 0, "max_batch must be positive, got {}", max_batch);
-  const int64_t n_params = specs_.back().offset + specs_.back().numel;
-  params_ = Tensor::zeros({n_params}, dtype_of<T>());
-  grads_ = Tensor::zeros({n_params}, dtype_of<T>());
+  std::vector<int64_t> group_begin(static_cast<size_t>(shape.n_layers) + 2, -1);
+  for (const ParamSpec& p : specs_)
+    if (group_begin[p.group] < 0) group_begin[p.group] = p.offset;
+  if (source_ == nullptr) {
+    params_ = Tensor::zeros({n_params_}, dtype_of<T>());
+    grads_ = Tensor::zeros({n_params_}, dtype_of<T>());
+    owned_source_ = std::make_unique<ResidentParameterSource<T>>(params_.data<T>(), grads_.data<T>(), group_begin);
+    source_ = owned_source_.get();
+  }
 
   std::unordered_map<std::string, int64_t> offset_of;
-  for (const ParamSpec& p : specs_) offset_of[p.name] = p.offset;
+  for (const ParamSpec& p : specs_) offset_of[p.name] = p.offset - group_begin[p.group];
   auto find = [&](const std::string& name) {
     auto it = offset_of.find(name);
     return it == offset_of.end() ? int64_t{-1} : it->second;
@@ -223,13 +273,39 @@ Gpt<T>::Gpt(const GptShape& shape, int max_batch, SequenceAttention<T>* attentio
 }
 
 template <typename T>
+Gpt<T>::~Gpt() = default;
+
+template <typename T>
+void Gpt<T>::require_resident(const char* what) const {
+  DILATRON_CHECK(owned_source_ != nullptr,
+                 "Gpt::{} needs the model's own parameters, but this model reads them from an external "
+                 "ParameterSource (e.g. ZeRO-3): use the source's API instead",
+                 what);
+}
+
+template <typename T>
+T* Gpt<T>::params() {
+  require_resident("params()");
+  return params_.data<T>();
+}
+
+template <typename T>
+T* Gpt<T>::grads() {
+  require_resident("grads()");
+  return grads_.data<T>();
+}
+
+template <typename T>
 void Gpt<T>::zero_grads() {
+  require_resident("zero_grads()");
   std::fill(grads(), grads() + num_params(), T(0));
 }
 
 template <typename T>
-typename Gpt<T>::BlockWeights Gpt<T>::block_weights(T* flat, int layer) const {
+typename Gpt<T>::BlockWeights Gpt<T>::block_weights(const T* group, int layer) const {
   const BlockOffsets& o = block_offsets_[layer];
+  // BlockWeights serves parameters (read only) and gradients alike.
+  T* flat = const_cast<T*>(group);
   auto at = [flat](int64_t offset) { return offset < 0 ? nullptr : flat + offset; };
   return {at(o.ln1_w), at(o.ln1_b), at(o.qkv_w),  at(o.qkv_b), at(o.proj_w),   at(o.proj_b),
           at(o.ln2_w), at(o.ln2_b), at(o.fc_w),   at(o.fc_b),  at(o.fcproj_w), at(o.fcproj_b)};
@@ -255,8 +331,8 @@ void Gpt<T>::norm_backward(T* dinp, T* dw, T* db, const T* dout, const T* inp, c
 }
 
 template <typename T>
-void Gpt<T>::block_forward(int layer, const BlockActivations& a, const T* x_in, T* x_out) {
-  const BlockWeights w = block_weights(params(), layer);
+void Gpt<T>::block_forward(int layer, const T* weights, const BlockActivations& a, const T* x_in, T* x_out) {
+  const BlockWeights w = block_weights(weights, layer);
   const int64_t N = static_cast<int64_t>(B_) * Tc_;
   const int C = shape_.d_model, F = gpt_ff_width(shape_), H = shape_.n_heads, D = C / H;
   norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x_in, w.ln1_w, w.ln1_b);
@@ -282,9 +358,9 @@ void Gpt<T>::block_forward(int layer, const BlockActivations& a, const T* x_in, 
 }
 
 template <typename T>
-void Gpt<T>::block_backward(int layer, const BlockActivations& a, const T* x_in) {
-  const BlockWeights w = block_weights(params(), layer);
-  const BlockWeights g = block_weights(grads(), layer);
+void Gpt<T>::block_backward(int layer, const T* weights, T* grads, const BlockActivations& a, const T* x_in) {
+  const BlockWeights w = block_weights(weights, layer);
+  const BlockWeights g = block_weights(grads, layer);
   const int64_t N = static_cast<int64_t>(B_) * Tc_;
   const int C = shape_.d_model, F = gpt_ff_width(shape_), H = shape_.n_heads, D = C / H;
   const int64_t NC = N * C, NF = N * F, CC = static_cast<int64_t>(C) * C;
@@ -335,14 +411,28 @@ double Gpt<T>::forward(const int32_t* tokens, const int32_t* targets, int B, int
   std::copy_n(tokens, N, tokens_.data());
   if (targets != nullptr) std::copy_n(targets, N, targets_.data());
 
-  token_embedding_forward(residual_[0], tokens_.data(), params() + wte_, N, C, V);
+  ParameterSource<T>& src = *source_;
+  src.will_acquire(0);
+  for (int g = 1; g <= L + 1; ++g) src.will_acquire(g);
+  src.will_acquire(0);
+
+  const T* embeddings = src.acquire(0);
+  token_embedding_forward(residual_[0], tokens_.data(), embeddings + wte_, N, C, V);
   if (shape_.position == PositionKind::learned)
-    position_embedding_forward(residual_[0], params() + wpe_, B, Tc, C, pos0);
-  for (int l = 0; l < L; ++l)
-    block_forward(l, blocks_[shape_.recompute ? 0 : l], residual_[l], residual_[l + 1]);
-  norm_forward(lnf_, lnf_mean_, lnf_rstd_, residual_[L], params() + lnf_w_,
-               lnf_b_ < 0 ? nullptr : params() + lnf_b_);
-  matmul_forward<T>(logits_, lnf_, params() + wte_, nullptr, N, C, V);
+    position_embedding_forward(residual_[0], embeddings + wpe_, B, Tc, C, pos0);
+  src.release(0);
+  for (int l = 0; l < L; ++l) {
+    const T* weights = src.acquire(l + 1);
+    block_forward(l, weights, blocks_[shape_.recompute ? 0 : l], residual_[l], residual_[l + 1]);
+    src.release(l + 1);
+  }
+  const T* final_norm = src.acquire(L + 1);
+  norm_forward(lnf_, lnf_mean_, lnf_rstd_, residual_[L], final_norm + lnf_w_,
+               lnf_b_ < 0 ? nullptr : final_norm + lnf_b_);
+  src.release(L + 1);
+  const T* head = src.acquire(0);
+  matmul_forward<T>(logits_, lnf_, head + wte_, nullptr, N, C, V);
+  src.release(0);
   logits_valid_ = true;
   backward_ready_ = targets != nullptr;
   if (targets == nullptr) return 0.0;
@@ -363,19 +453,38 @@ void Gpt<T>::backward(double dloss_weight) {
   T* dlogits = logits_;  // (N, V), written over the logits
   cross_entropy_backward(dlogits, logits_, ce_lse_, targets_.data(), static_cast<T>(dloss_weight),
                          N, V);
+  ParameterSource<T>& src = *source_;
+  src.will_acquire(0);
+  for (int g = L + 1; g >= 1; --g) src.will_acquire(g);
+
+  // Group 0 serves the LM head now and the embedding at the end: held across the whole pass.
+  const T* embeddings = src.acquire(0);
+  T* d_embeddings = src.acquire_gradients(0);
   std::fill(d_norm_, d_norm_ + N * C, T(0));
-  matmul_backward<T>(d_norm_, grads() + wte_, nullptr, dlogits, lnf_, params() + wte_, N, C, V);
-  std::fill(d_residual_, d_residual_ + N * C, T(0));
-  norm_backward(d_residual_, grads() + lnf_w_, lnf_b_ < 0 ? nullptr : grads() + lnf_b_, d_norm_,
-                residual_[L], params() + lnf_w_, lnf_mean_, lnf_rstd_);
+  matmul_backward<T>(d_norm_, d_embeddings + wte_, nullptr, dlogits, lnf_, embeddings + wte_, N, C, V);
+  {
+    const T* final_norm = src.acquire(L + 1);
+    T* d_final_norm = src.acquire_gradients(L + 1);
+    std::fill(d_residual_, d_residual_ + N * C, T(0));
+    norm_backward(d_residual_, d_final_norm + lnf_w_, lnf_b_ < 0 ? nullptr : d_final_norm + lnf_b_, d_norm_,
+                  residual_[L], final_norm + lnf_w_, lnf_mean_, lnf_rstd_);
+    src.gradients_done(L + 1);
+    src.release(L + 1);
+  }
   for (int l = L - 1; l >= 0; --l) {
     const BlockActivations& a = blocks_[shape_.recompute ? 0 : l];
-    if (shape_.recompute) block_forward(l, a, residual_[l], nullptr);
-    block_backward(l, a, residual_[l]);
+    const T* weights = src.acquire(l + 1);
+    T* d_weights = src.acquire_gradients(l + 1);
+    if (shape_.recompute) block_forward(l, weights, a, residual_[l], nullptr);
+    block_backward(l, weights, d_weights, a, residual_[l]);
+    src.gradients_done(l + 1);
+    src.release(l + 1);
   }
-  token_embedding_backward(grads() + wte_, d_residual_, tokens_.data(), N, C);
+  token_embedding_backward(d_embeddings + wte_, d_residual_, tokens_.data(), N, C);
   if (shape_.position == PositionKind::learned)
-    position_embedding_backward(grads() + wpe_, d_residual_, B_, Tc_, C, pos0_);
+    position_embedding_backward(d_embeddings + wpe_, d_residual_, B_, Tc_, C, pos0_);
+  src.gradients_done(0);
+  src.release(0);
 }
 
 template <typename T>
@@ -386,6 +495,9 @@ const T* Gpt<T>::logits() const {
 
 template void gpt_init_params<float>(const GptShape&, uint64_t, float*);
 template void gpt_init_params<double>(const GptShape&, uint64_t, double*);
+template void gpt_init_param_range<float>(const ParamSpec&, const GptShape&, uint64_t, int64_t, int64_t, float*);
+template void gpt_init_param_range<double>(const ParamSpec&, const GptShape&, uint64_t, int64_t, int64_t,
+                                           double*);
 template class Gpt<float>;
 template class Gpt<double>;
 

@@ -21,6 +21,7 @@
 
 #include "attention/sequence_attention.h"
 #include "core/tensor.h"
+#include "model/parameter_source.h"
 
 namespace dilatron {
 
@@ -69,21 +70,37 @@ int64_t gpt_activation_bytes(const GptShape& shape, int max_batch, size_t elemen
 // biases 0, norm weights 1.
 template <typename T>
 void gpt_init_params(const GptShape& shape, uint64_t seed, T* flat);
+// Elements [begin, end) of one tensor (0 <= begin <= end <= spec.numel) into dst (end - begin),
+// equal to the same elements of gpt_init_params: a ZeRO shard initialises only what it owns.
+template <typename T>
+void gpt_init_param_range(const ParamSpec& spec, const GptShape& shape, uint64_t seed, int64_t begin,
+                          int64_t end, T* dst);
 
 template <typename T>
 class Gpt {
  public:
   // `attention` computes attention over the tokens this rank holds (dense, dilated, or a
   // ring over a sequence-parallel group); it must outlive the model. nullptr: dense causal.
-  Gpt(const GptShape& shape, int max_batch, SequenceAttention<T>* attention = nullptr);
+  // `params`: where parameters and gradients live (e.g. a ZeRO-3 engine); it must outlive the
+  // model. nullptr: the model owns them in flat buffers (params(), grads()).
+  //
+  // The model acquires a group just before it uses it and releases it right after; at the start
+  // of each pass it announces that pass's acquisitions in order with will_acquire:
+  //   forward:  0 (embeddings), 1..L, L+1 (final norm), 0 (tied LM head)
+  //   backward: 0 (LM head; params and gradients held until the embedding backward at the end),
+  //             L+1, L..1 (params and gradients; gradients_done(g) as soon as g is complete)
+  Gpt(const GptShape& shape, int max_batch, SequenceAttention<T>* attention = nullptr,
+      ParameterSource<T>* params = nullptr);
   Gpt(const Gpt&) = delete;  // holds pointers into its own arena
   Gpt& operator=(const Gpt&) = delete;
+  ~Gpt();
 
   const GptShape& shape() const { return shape_; }
   const std::vector<ParamSpec>& param_specs() const { return specs_; }
-  T* params() { return params_.data<T>(); }
-  T* grads() { return grads_.data<T>(); }
-  int64_t num_params() const { return params_.numel(); }
+  int64_t num_params() const { return n_params_; }
+  // The flat buffers of the resident case; throw an Error with an external ParameterSource.
+  T* params();
+  T* grads();
   void zero_grads();
 
   // tokens (B, Tc) int32, targets (B, Tc) or nullptr; Tc <= seq_len, B <= max_batch.
@@ -125,19 +142,26 @@ class Gpt {
   void norm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b) const;
   void norm_backward(T* dinp, T* dw, T* db, const T* dout, const T* inp, const T* w,
                      const T* mean, const T* rstd) const;
-  BlockWeights block_weights(T* flat, int layer) const;
+  // `group` is the block's acquired group buffer (group layer + 1).
+  BlockWeights block_weights(const T* group, int layer) const;
   // x_out may be null when only the saved activations are wanted (recompute).
-  void block_forward(int layer, const BlockActivations& a, const T* x_in, T* x_out);
+  void block_forward(int layer, const T* weights, const BlockActivations& a, const T* x_in, T* x_out);
   // residual_grad: d loss / d x_out on entry, d loss / d x_in on return.
-  void block_backward(int layer, const BlockActivations& a, const T* x_in);
+  void block_backward(int layer, const T* weights, T* grads, const BlockActivations& a, const T* x_in);
+  void require_resident(const char* what) const;
 
   GptShape shape_;
   int max_batch_;
   std::unique_ptr<SequenceAttention<T>> owned_attention_;
   SequenceAttention<T>* attention_;
   std::vector<ParamSpec> specs_;
-  Tensor params_, grads_, arena_;
-  int64_t wte_, wpe_, lnf_w_, lnf_b_;  // offsets; -1 when absent
+  int64_t n_params_;
+  Tensor params_, grads_, arena_;  // params_, grads_ empty with an external source
+  std::unique_ptr<ParameterSource<T>> owned_source_;
+  ParameterSource<T>* source_;
+  // Offsets from the start of their group's buffer; -1 when absent. wte_, wpe_ in group 0,
+  // lnf_* in group L+1, block_offsets_[l] in group l+1.
+  int64_t wte_, wpe_, lnf_w_, lnf_b_;
   std::vector<BlockOffsets> block_offsets_;
 
   // Carved from arena_.
