@@ -23,7 +23,8 @@ expect 2 "nonexistent.yaml" -- "$bin" train --config nonexistent.yaml
 expect 2 "no-such-data.txt" -- "$bin" train --config $micro --set data.path=no-such-data.txt --set logging.run_dir=$work/nodata
 printf 'hi' > $work/short.txt
 expect 2 "short.txt" -- "$bin" train --config $micro --set data.path=$work/short.txt --set logging.run_dir=$work/short
-expect 2 "zero.stage" -- "$bin" train --config $micro --set zero.stage=3 --set logging.run_dir=$work/zero
+expect 2 "device: cuda" -- "$bin" train --config $micro --set device=cuda --set logging.run_dir=$work/cuda
+expect 2 "zero.nvme_path" -- "$bin" train --config $micro --set zero.stage=3 --set zero.offload_optimizer=nvme --set logging.run_dir=$work/nvme
 expect 2 "attention.segment_lengths" -- "$bin" train --config $micro --set attention.kind=dilated --set attention.segment_lengths=[12] --set attention.dilation_rates=[1] --set logging.run_dir=$work/dil
 expect 2 "no-such-flag" -- "$bin" train --config $micro --no-such-flag
 expect 0 "parameters" -- "$bin" config --config $micro
@@ -36,6 +37,19 @@ mpi=(mpirun -np 2 --oversubscribe --bind-to none --timeout 120)
 expect 0 "steps 3 loss" -- "${mpi[@]}" "$bin" train --config $micro --set parallel.sequence_parallel=2 --set schedule.max_steps=3 --set sample.tokens=0 --set logging.run_dir=$work/sp2
 expect 2 "no-such-data.txt" -- "${mpi[@]}" "$bin" train --config $micro --set data.path=no-such-data.txt --set logging.run_dir=$work/sp2-nodata
 expect 2 "data.batch_size" -- "${mpi[@]}" "$bin" train --config $micro --set data.batch_size=3 --set logging.run_dir=$work/dp2-odd
+
+# ZeRO-3 over 2 ranks with the optimizer state on NVMe, then export and eval of its checkpoint.
+expect 0 "steps 4 loss" -- "${mpi[@]}" "$bin" train --config $micro --set zero.stage=3 --set zero.offload_optimizer=nvme --set zero.nvme_path=$work/swap --set schedule.max_steps=4 --set sample.tokens=0 --set logging.run_dir=$work/zero3
+expect 0 "model.safetensors" -- "$bin" export --checkpoint $work/zero3/checkpoints/step_00000004 --out $work/export/model.safetensors
+if ! python3 scripts/read_safetensors.py $work/export/model.safetensors | grep -q '"blocks.1.mlp.fc.weight"' || ! grep -q '"n_layers": *2' $work/export/config.json; then
+  echo "FAIL: export wrote no readable weights or config.json"; fails=$((fails + 1))
+else
+  echo "ok: export -> readable safetensors and config.json"
+fi
+[ -z "$(ls -A $work/swap 2>/dev/null)" ] && echo "ok: swap files removed at exit" || { echo "FAIL: swap files left: $(ls -R $work/swap)"; fails=$((fails + 1)); }
+expect 0 "^val_loss [0-9.]*$" -- "$bin" eval --checkpoint $work/zero3/checkpoints/step_00000004 --batches 2
+expect 0 "^val_loss [0-9.]*$" -- "$bin" eval --checkpoint $work/zero3/checkpoints/step_00000004 --data data/tinyshakespeare.txt --batches 1
+expect 2 "short.txt" -- "$bin" eval --checkpoint $work/zero3/checkpoints/step_00000004 --data $work/short.txt
 
 # SIGTERM mid-run: the step in progress finishes, a checkpoint is written, exit status 0.
 run=$work/sigterm

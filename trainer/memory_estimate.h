@@ -1,5 +1,6 @@
 // The memory `dilatron config` reports per rank before any work starts: parameters,
-// gradients, optimizer state and peak activations, by tier.
+// gradients, optimizer state, gathered ZeRO-3 buffers and peak activations, with the tier
+// each lives in.
 #pragma once
 
 #include <cstdint>
@@ -10,16 +11,17 @@
 namespace dilatron {
 
 struct MemoryEstimate {
-  int64_t parameters = 0;        // count
-  int64_t parameter_bytes = 0;   // fp32 weights
-  int64_t gradient_bytes = 0;    // fp32
-  int64_t optimizer_bytes = 0;   // AdamW m and v, fp32
-  int64_t activation_bytes = 0;  // the activation arena for one micro-batch
-  int64_t total() const { return parameter_bytes + gradient_bytes + optimizer_bytes + activation_bytes; }
+  int64_t parameters = 0;         // count, whole model
+  int64_t parameter_bytes = 0;    // fp32 parameters this rank holds (its shards, or all of them)
+  int64_t gradient_bytes = 0;     // fp32 gradients this rank holds
+  int64_t optimizer_bytes = 0;    // AdamW m and v, fp32
+  int64_t gathered_bytes = 0;     // ZeRO-3: full copies of groups in use or prefetched (params + grads)
+  int64_t activation_bytes = 0;   // the activation arena for one micro-batch of this rank's chunk
+  int64_t working_memory() const;  // what is not offloaded
 };
 
-// For the single-process CPU trainer: everything lives in host memory of the one rank.
-MemoryEstimate estimate_memory(const Config& config);
-std::string describe_memory_estimate(const Config& config);
+// For a job of `ranks` ranks (world = parallel.sequence_parallel x data-parallel size).
+MemoryEstimate estimate_memory(const Config& config, int ranks);
+std::string describe_memory_estimate(const Config& config, int ranks);
 
 }  // namespace dilatron

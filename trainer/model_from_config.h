@@ -11,7 +11,7 @@ namespace dilatron {
 GptShape gpt_shape_from(const ModelConfig& model);
 DataSpec data_spec_from(const Config& config);
 
-// Throws InputError naming the key for every feature this trainer lacks (ZeRO-3, offload, CUDA).
+// Throws InputError naming the key for every feature this trainer lacks (CUDA training).
 void require_supported_by_trainer(const Config& config);
 
 // Sequences per forward/backward: data.micro_batch_size, or the whole batch when 0.

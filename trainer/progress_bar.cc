@@ -17,10 +17,11 @@ std::string format_duration(double seconds) {
   return fmt::format("{}s", s);
 }
 
-ProgressBar::ProgressBar(int64_t first_step, int64_t last_step, bool enabled)
+ProgressBar::ProgressBar(int64_t first_step, int64_t last_step, bool show_bar, bool show_messages)
     : first_step_(first_step),
       last_step_(last_step),
-      enabled_(enabled),
+      show_bar_(show_bar && show_messages),
+      show_messages_(show_messages),
       tty_(isatty(STDERR_FILENO) == 1),
       start_(std::chrono::steady_clock::now()) {}
 
@@ -38,7 +39,7 @@ std::string ProgressBar::bar_line(int64_t step, double loss, double tokens_per_s
 }
 
 void ProgressBar::update(int64_t step, double loss, double tokens_per_s, bool log_line) {
-  if (!enabled_) return;
+  if (!show_bar_) return;
   if (tty_) {
     std::fprintf(stderr, "\r%s\033[K", bar_line(step, loss, tokens_per_s).c_str());
     drawn_ = true;
@@ -49,6 +50,7 @@ void ProgressBar::update(int64_t step, double loss, double tokens_per_s, bool lo
 }
 
 void ProgressBar::message(const std::string& text) {
+  if (!show_messages_) return;
   if (tty_ && drawn_) std::fprintf(stderr, "\r\033[K");
   std::fprintf(stderr, "%s\n", text.c_str());
   drawn_ = false;

@@ -10,7 +10,8 @@ namespace dilatron {
 
 class ProgressBar {
  public:
-  ProgressBar(int64_t first_step, int64_t last_step, bool enabled);
+  // show_bar: the bar itself (logging.progress_bar); show_messages: message() lines (rank 0).
+  ProgressBar(int64_t first_step, int64_t last_step, bool show_bar, bool show_messages);
 
   // After optimizer step `step` (1-based count of completed steps).
   void update(int64_t step, double loss, double tokens_per_s, bool log_line);
@@ -22,7 +23,7 @@ class ProgressBar {
   std::string bar_line(int64_t step, double loss, double tokens_per_s) const;
 
   int64_t first_step_, last_step_;
-  bool enabled_, tty_;
+  bool show_bar_, show_messages_, tty_;
   bool drawn_ = false;
   std::chrono::steady_clock::time_point start_;
 };

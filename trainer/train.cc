@@ -12,12 +12,11 @@
 #include "core/check.h"
 #include "core/rng.h"
 #include "model/gpt.h"
-#include "optim/adamw.h"
 #include "optim/grad_norm.h"
 #include "optim/schedule.h"
 #include "trainer/attention_from_config.h"
 #include "trainer/batch_layout.h"
-#include "trainer/checkpoint_files.h"
+#include "trainer/sharded_checkpoint.h"
 #include "trainer/data.h"
 #include "trainer/metrics_log.h"
 #include "trainer/model_from_config.h"
@@ -66,15 +65,16 @@ void write_resolved_config(const std::string& run_dir, const Config& c) {
   fs::rename(tmp, path);
 }
 
-void print_sample(const Config& c, Gpt<float>& trained) {
+// From the final checkpoint, which holds the full parameters however the state was partitioned.
+void print_sample(const Config& c, const ShardedCheckpoint& checkpoint) {
   if (c.data.format != DataFormat::text) {
     spdlog::info("no sample: token shards come without a tokenizer (sample.tokens applies to data.format: text)");
     return;
   }
   // Sampling needs the whole window on one rank, with single-rank attention.
   auto attention = single_rank_attention(c);
-  Gpt<float> model(trained.shape(), 1, attention.get());
-  std::copy(trained.params(), trained.params() + trained.num_params(), model.params());
+  Gpt<float> model(gpt_shape_from(c.model), 1, attention.get());
+  load_checkpoint_parameters(checkpoint, model);
   CounterRng rng(c.seed, kSampleStream);
   SamplingOptions so{c.sample.tokens, c.sample.temperature, c.sample.top_k};
   std::vector<int32_t> text = sample_continuation(model, encode_bytes(c.sample.prompt), so, rng);
@@ -112,14 +112,15 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
 
   TokenData data = TokenData::load(data_spec_from(c));
   std::unique_ptr<SequenceAttention<float>> attention = sequence_attention_for(c, *g.sequence_parallel);
-  Gpt<float> model(shape, static_cast<int>(layout.micro), attention.get());
-  TrainingState state(shape);
+  std::unique_ptr<TrainingState> state = make_training_state(c, shape, world);
+  Gpt<float> model(shape, static_cast<int>(layout.micro), attention.get(), state->parameter_source());
+  state->attach(model);
   int64_t step = 0;
   if (resume_dir) {
-    step = load_training_state(*resume_dir, c, model, state);
+    step = restore_checkpoint(*resume_dir, c, *state);
     if (lead) spdlog::info("resumed from {} at step {}", *resume_dir, step);
   } else {
-    gpt_init_params(shape, c.seed, model.params());
+    state->init_parameters(c.seed);
   }
   const int64_t last_step = std::min(c.schedule.max_steps, options.stop_at_step.value_or(c.schedule.max_steps));
 
@@ -131,33 +132,29 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
     spdlog::info("model: {} parameters, {} layers, d_model {}, {} heads, seq_len {}; batch {} x {} tokens; "
                  "{} ranks = {} data-parallel x {} sequence-parallel ({} sequences x {} positions per rank, "
                  "{} per micro-batch); data: {} train / {} val tokens",
-                 model.num_params(), shape.n_layers, shape.d_model, shape.n_heads, shape.seq_len, c.data.batch_size,
+                 gpt_num_params(shape), shape.n_layers, shape.d_model, shape.n_heads, shape.seq_len, c.data.batch_size,
                  shape.seq_len, world.size(), g.dp_size, g.sp_size, layout.per_rank, layout.chunk_len, layout.micro,
                  data.train_tokens(), data.val_tokens());
+    spdlog::info("memory: {}", state->describe_memory());
   }
 
   install_stop_signal_handlers();
   const LrSchedule schedule{static_cast<float>(c.optimizer.lr), c.schedule.warmup_steps, c.schedule.max_steps,
                             static_cast<float>(c.schedule.min_lr_ratio)};
-  const std::vector<ParamSpec>& specs = model.param_specs();
   std::vector<int32_t> inputs(layout.micro * layout.chunk_len), targets(layout.micro * layout.chunk_len);
-  ProgressBar progress(step, last_step, lead && c.logging.progress_bar);
+  ProgressBar progress(step, last_step, c.logging.progress_bar, lead);
   TrainSummary summary;
   int64_t last_checkpoint_step = resume_dir ? step : -1;
 
   auto checkpoint = [&](const char* why) {
-    if (lead) {
-      summary.last_checkpoint = save_training_state(c, step, model, state);
-      progress.message(fmt::format("checkpoint ({}) {}", why, summary.last_checkpoint));
-    }
+    summary.last_checkpoint = save_checkpoint(world, c, step, *state);
+    progress.message(fmt::format("checkpoint ({}) {}", why, summary.last_checkpoint));
     last_checkpoint_step = step;
-    world.barrier();  // nobody reads or resumes before the checkpoint is complete
   };
 
-  const int64_t n = model.num_params();
   while (step < last_step) {
     auto start = std::chrono::steady_clock::now();
-    model.zero_grads();
+    state->zero_gradients();
     double loss_sum = 0;
     // Every token of the global batch weighs 1/(batch*T) in the loss, however it is split.
     const double token_weight = 1.0 / static_cast<double>(tokens_per_step);
@@ -167,24 +164,15 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
                                 static_cast<int>(layout.chunk_len), static_cast<int>(layout.chunk_begin));
       model.backward(token_weight);
     }
-    if (world.size() > 1) world.all_reduce(model.grads(), n, DType::f32, ReduceOp::sum);
+    state->reduce_gradients();
     const double loss = world_sum(world, loss_sum) * token_weight;
     DILATRON_CHECK(std::isfinite(loss), "training loss is {} at step {}: lower optimizer.lr or check the data", loss, step);
 
-    const double grad_norm = std::sqrt(sum_of_squares_cpu(model.grads(), n));
+    const double grad_norm = std::sqrt(state->gradient_sum_of_squares());
     const float clip = clip_coefficient(grad_norm, static_cast<float>(c.optimizer.grad_clip));
-    if (clip < 1.0f) {
-      float* grad = model.grads();
-      for (int64_t i = 0; i < n; ++i) grad[i] *= clip;
-    }
+    if (clip < 1.0f) state->scale_gradients(clip);
     const float lr = lr_at(schedule, step);
-    for (const ParamSpec& p : specs) {
-      AdamWStep s{lr, static_cast<float>(c.optimizer.beta1), static_cast<float>(c.optimizer.beta2),
-                  static_cast<float>(c.optimizer.eps), p.weight_decay ? static_cast<float>(c.optimizer.weight_decay) : 0.0f,
-                  step + 1};
-      adamw_update_cpu(model.params() + p.offset, model.grads() + p.offset, state.adam_m.data() + p.offset,
-                       state.adam_v.data() + p.offset, p.numel, s);
-    }
+    state->adamw_step(c.optimizer, lr, step + 1);
     ++step;
 
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -218,7 +206,7 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
   summary.steps_done = step;
 
   if (lead && !summary.stopped_by_signal && step == c.schedule.max_steps && c.sample.tokens > 0 && c.attention.causal)
-    print_sample(c, model);
+    print_sample(c, ShardedCheckpoint::open(summary.last_checkpoint));
   world.barrier();
   return summary;
 }

@@ -1,11 +1,8 @@
 #include "trainer/training_state.h"
 
-#include <cstring>
-#include <map>
-
 #include "core/check.h"
-#include "trainer/checkpoint_files.h"
 #include "trainer/model_from_config.h"
+#include "trainer/training_state_kinds.h"
 
 namespace dilatron {
 namespace {
@@ -13,38 +10,17 @@ namespace {
 nlohmann::json model_shape_json(const ModelConfig& m) {
   return {{"n_layers", m.n_layers}, {"d_model", m.d_model}, {"n_heads", m.n_heads},
           {"vocab_size", m.vocab_size}, {"seq_len", m.seq_len}, {"d_ff", m.d_ff},
-          {"position", m.position == PositionEncoding::learned ? "learned" : "rotary"},
-          {"norm", m.norm == NormType::rmsnorm ? "rmsnorm" : "layernorm"}};
+          {"position", std::string(to_string(m.position))}, {"norm", std::string(to_string(m.norm))}};
 }
 
-Tensor tensor_from(const float* src, const std::vector<int64_t>& shape) {
-  Tensor t = Tensor::empty(shape, DType::f32);
-  std::memcpy(t.raw(), src, t.nbytes());
-  return t;
-}
-
-// Copies each named tensor of the checkpoint into the flat buffer at its parameter's offset.
-void copy_named(const std::map<std::string, const Tensor*>& by_name, const std::string& prefix,
-                const std::vector<ParamSpec>& specs, float* flat, const std::string& dir) {
-  for (const ParamSpec& p : specs) {
-    auto it = by_name.find(prefix + p.name);
-    DILATRON_CHECK_INPUT(it != by_name.end(), "checkpoint {}: tensor {} is missing", dir, prefix + p.name);
-    const Tensor& t = *it->second;
-    DILATRON_CHECK_INPUT(t.dtype() == DType::f32 && t.numel() == p.numel,
-                         "checkpoint {}: tensor {} is {}, expected {} f32 elements", dir, prefix + p.name,
-                         t.describe(), p.numel);
-    std::memcpy(flat + p.offset, t.raw(), t.nbytes());
-  }
-}
-
-std::map<std::string, const Tensor*> index_by_name(const std::vector<NamedTensor>& tensors) {
-  std::map<std::string, const Tensor*> m;
-  for (const NamedTensor& t : tensors) m[t.name] = &t.tensor;
-  return m;
+std::vector<CheckpointTensor> tensor_table(const GptShape& shape) {
+  std::vector<CheckpointTensor> table;
+  for (const ParamSpec& p : gpt_param_specs(shape)) table.push_back({p.name, p.shape, p.offset, p.numel});
+  return table;
 }
 
 void require_same_model(const nlohmann::json& saved, const ModelConfig& current, const std::string& dir) {
-  nlohmann::json now = model_shape_json(current);
+  const nlohmann::json now = model_shape_json(current);
   for (auto& [key, value] : now.items()) {
     DILATRON_CHECK_INPUT(saved.contains(key) && saved[key] == value,
                          "checkpoint {} was written for a different model: model.{} is {} there and {} in "
@@ -56,44 +32,40 @@ void require_same_model(const nlohmann::json& saved, const ModelConfig& current,
 
 }  // namespace
 
-TrainingState::TrainingState(const GptShape& shape)
-    : adam_m(gpt_num_params(shape), 0.0f), adam_v(gpt_num_params(shape), 0.0f) {}
-
-std::string save_training_state(const Config& config, int64_t step, Gpt<float>& model, const TrainingState& state) {
-  std::vector<NamedTensor> tensors;
-  for (const ParamSpec& p : gpt_param_specs(model.shape())) {
-    tensors.push_back({p.name, tensor_from(model.params() + p.offset, p.shape)});
-    tensors.push_back({"optimizer.m." + p.name, tensor_from(state.adam_m.data() + p.offset, p.shape)});
-    tensors.push_back({"optimizer.v." + p.name, tensor_from(state.adam_v.data() + p.offset, p.shape)});
-  }
-  nlohmann::json meta{{"config", config_to_yaml(config)},
-                      {"model", model_shape_json(config.model)},
-                      {"data", {{"seed", config.seed}, {"next_step", step}}},
-                      {"world", {{"ranks", 1}}}};
-  return write_checkpoint(config.logging.run_dir, step, tensors, meta, config.checkpoint.keep);
+std::string save_checkpoint(Communicator& world, const Config& config, int64_t step, TrainingState& state) {
+  nlohmann::json metadata{{"config", config_to_yaml(config)},
+                          {"model", model_shape_json(config.model)},
+                          {"data", {{"seed", config.seed}, {"next_step", step}}}};
+  return write_sharded_checkpoint(world, config.logging.run_dir, step, tensor_table(gpt_shape_from(config.model)),
+                                  state.checkpoint_slices(), metadata, config.checkpoint.keep);
 }
 
-int64_t load_training_state(const std::string& dir, const Config& config, Gpt<float>& model, TrainingState& state) {
-  LoadedCheckpoint ck = read_checkpoint(dir);
-  require_same_model(ck.state.at("model"), config.model, dir);
-  auto by_name = index_by_name(ck.tensors);
-  auto specs = gpt_param_specs(model.shape());
-  copy_named(by_name, "", specs, model.params(), dir);
-  copy_named(by_name, "optimizer.m.", specs, state.adam_m.data(), dir);
-  copy_named(by_name, "optimizer.v.", specs, state.adam_v.data(), dir);
-  return ck.step;
+int64_t restore_checkpoint(const std::string& dir, const Config& config, TrainingState& state) {
+  ShardedCheckpoint checkpoint = ShardedCheckpoint::open(dir);
+  DILATRON_CHECK_INPUT(checkpoint.metadata().contains("model"), "checkpoint {}: manifest has no model shape", dir);
+  require_same_model(checkpoint.metadata()["model"], config.model, dir);
+  state.restore(checkpoint);
+  return checkpoint.step();
 }
 
-Config load_checkpoint_config(const std::string& dir) {
-  LoadedCheckpoint ck = read_checkpoint(dir);
-  DILATRON_CHECK_INPUT(ck.state.contains("config") && ck.state["config"].is_string(),
-                       "checkpoint {}: state.json has no config", dir);
-  return parse_config(ck.state["config"].get<std::string>(), {}, dir + "/state.json");
+Config checkpoint_config(const ShardedCheckpoint& checkpoint) {
+  const nlohmann::json& meta = checkpoint.metadata();
+  DILATRON_CHECK_INPUT(meta.contains("config") && meta["config"].is_string(),
+                       "checkpoint {}: manifest.json has no config", checkpoint.dir());
+  return parse_config(meta["config"].get<std::string>(), {}, checkpoint.dir() + "/manifest.json");
 }
 
-void load_checkpoint_weights(const std::string& dir, Gpt<float>& model) {
-  LoadedCheckpoint ck = read_checkpoint(dir);
-  copy_named(index_by_name(ck.tensors), "", gpt_param_specs(model.shape()), model.params(), dir);
+void load_checkpoint_parameters(const ShardedCheckpoint& checkpoint, Gpt<float>& model) {
+  int64_t stored = 0;
+  for (const CheckpointTensor& t : checkpoint.tensors()) stored += t.numel;
+  DILATRON_CHECK_INPUT(stored == model.num_params(), "checkpoint {} holds {} parameters, the model has {}",
+                       checkpoint.dir(), stored, model.num_params());
+  checkpoint.read("params", 0, model.num_params(), model.params());
+}
+
+std::unique_ptr<TrainingState> make_training_state(const Config& config, const GptShape& shape, Communicator& world) {
+  if (config.zero.stage == 3) return make_zero3_state(config, shape, world);
+  return make_replicated_state(shape, world);
 }
 
 }  // namespace dilatron

@@ -1,31 +1,64 @@
-// What a checkpoint holds for the single-process trainer: every parameter and both AdamW
-// moments by name (safetensors), plus the step, the resolved config and the model shape.
-// The data order is a pure function of (seed, step), so the step is the data position.
+// The trainable state of a run (parameters, gradients and both AdamW moments), either
+// replicated on every rank or partitioned across the world by ZeRO-3. The training loop
+// drives both through this interface, and both checkpoint in the same world-size-independent
+// format (trainer/sharded_checkpoint.h), so a run resumes on any number of ranks.
+// The data order is a pure function of (seed, step), so a checkpoint's step is its data position.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "comm/communicator.h"
 #include "model/gpt.h"
+#include "model/parameter_source.h"
 #include "trainer/config.h"
+#include "trainer/sharded_checkpoint.h"
 
 namespace dilatron {
 
-struct TrainingState {
-  explicit TrainingState(const GptShape& shape);
-  std::vector<float> adam_m, adam_v;  // same flat layout as the parameters
+class TrainingState {
+ public:
+  virtual ~TrainingState() = default;
+
+  // What the model should fetch its parameters from; nullptr: the model holds them itself.
+  virtual ParameterSource<float>* parameter_source() = 0;
+  // Called once the model exists (the replicated state works on the model's own buffers).
+  virtual void attach(Gpt<float>& model) = 0;
+
+  virtual void init_parameters(uint64_t seed) = 0;
+  virtual void zero_gradients() = 0;
+  // After every micro-batch's backward: the gradients become sums over the world.
+  virtual void reduce_gradients() = 0;
+  // Of the world's gradient (identical on every rank).
+  virtual double gradient_sum_of_squares() = 0;
+  virtual void scale_gradients(float factor) = 0;
+  // One AdamW step (step is 1-based); weight decay only on ParamSpec::weight_decay tensors.
+  virtual void adamw_step(const OptimizerConfig& optimizer, float lr, int64_t step) = 0;
+
+  // This rank's share of the kinds "params", "adam_m", "adam_v", in logical coordinates
+  // (ParamSpec offsets); the pointers stay valid until the next call on this object.
+  virtual std::vector<OwnedSlice> checkpoint_slices() = 0;
+  virtual void restore(const ShardedCheckpoint& checkpoint) = 0;
+
+  // One line: bytes held per rank by parameters, gradients, optimizer state, per tier.
+  virtual std::string describe_memory() const = 0;
 };
 
-// Writes RUN_DIR/checkpoints/step_NNNNNNNN atomically; returns its directory.
-std::string save_training_state(const Config& config, int64_t step, Gpt<float>& model, const TrainingState& state);
+// Replicated unless zero.stage is 3.
+std::unique_ptr<TrainingState> make_training_state(const Config& config, const GptShape& shape, Communicator& world);
 
-// Loads a checkpoint written by save_training_state into model and state and returns its step.
-// A checkpoint of another model shape is refused with an InputError naming the key.
-int64_t load_training_state(const std::string& dir, const Config& config, Gpt<float>& model, TrainingState& state);
+// Collective: writes RUN_DIR/checkpoints/step_NNNNNNNN from every rank's share.
+std::string save_checkpoint(Communicator& world, const Config& config, int64_t step, TrainingState& state);
 
-// Only the weights, for generate and eval: also returns the config the checkpoint was trained with.
-Config load_checkpoint_config(const std::string& dir);
-void load_checkpoint_weights(const std::string& dir, Gpt<float>& model);
+// Loads a checkpoint into state and returns its step. A checkpoint of another model shape is
+// refused with an InputError naming the key.
+int64_t restore_checkpoint(const std::string& dir, const Config& config, TrainingState& state);
+
+// For generate, eval, export and the end-of-training sample: the config a checkpoint was
+// trained with, and its full parameters into a model that holds its own.
+Config checkpoint_config(const ShardedCheckpoint& checkpoint);
+void load_checkpoint_parameters(const ShardedCheckpoint& checkpoint, Gpt<float>& model);
 
 }  // namespace dilatron
