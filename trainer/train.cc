@@ -135,7 +135,8 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
                  gpt_num_params(shape), shape.n_layers, shape.d_model, shape.n_heads, shape.seq_len, c.data.batch_size,
                  shape.seq_len, world.size(), g.dp_size, g.sp_size, layout.per_rank, layout.chunk_len, layout.micro,
                  data.train_tokens(), data.val_tokens());
-    spdlog::info("memory: {}", state->describe_memory());
+    spdlog::info("memory: {}; activations {:.1f} MiB (peak, one micro-batch of this rank's chunk)",
+                 state->describe_memory(), static_cast<double>(model.activation_bytes()) / (1 << 20));
   }
 
   install_stop_signal_handlers();
