@@ -338,25 +338,27 @@ bool is_spanning(const DilatedBranch& br, int64_t n_local) { return br.segment_l
 
 }  // namespace
 
-int64_t RingCommStats::forward_bytes_sent() const {
+namespace {
+
+int64_t sum_over_branches(const std::vector<RingBranchStats>& branches, int64_t RingBranchStats::*field) {
   int64_t total = 0;
-  for (const RingBranchStats& b : branches) total += b.forward_bytes_sent;
+  for (const RingBranchStats& b : branches) total += b.*field;
   return total;
+}
+
+}  // namespace
+
+int64_t RingCommStats::forward_bytes_sent() const {
+  return sum_over_branches(branches, &RingBranchStats::forward_bytes_sent);
 }
 int64_t RingCommStats::backward_bytes_sent() const {
-  int64_t total = 0;
-  for (const RingBranchStats& b : branches) total += b.backward_bytes_sent;
-  return total;
+  return sum_over_branches(branches, &RingBranchStats::backward_bytes_sent);
 }
 int64_t RingCommStats::forward_score_pairs() const {
-  int64_t total = 0;
-  for (const RingBranchStats& b : branches) total += b.forward_score_pairs;
-  return total;
+  return sum_over_branches(branches, &RingBranchStats::forward_score_pairs);
 }
 int64_t RingCommStats::backward_score_pairs() const {
-  int64_t total = 0;
-  for (const RingBranchStats& b : branches) total += b.backward_score_pairs;
-  return total;
+  return sum_over_branches(branches, &RingBranchStats::backward_score_pairs);
 }
 
 RingBranchBytes ring_branch_bytes_formula(const DilatedSpec& spec, int branch, int64_t n, int P, int rank, int B,
