@@ -39,7 +39,7 @@ expect 2 "no-such-data.txt" -- "${mpi[@]}" "$bin" train --config $micro --set da
 expect 2 "data.batch_size" -- "${mpi[@]}" "$bin" train --config $micro --set data.batch_size=3 --set logging.run_dir=$work/dp2-odd
 
 # ZeRO-3 over 2 ranks with the optimizer state on NVMe, then export and eval of its checkpoint.
-expect 0 "steps 4 loss" -- "${mpi[@]}" "$bin" train --config $micro --set zero.stage=3 --set zero.offload_optimizer=nvme --set zero.nvme_path=$work/swap --set schedule.max_steps=4 --set sample.tokens=0 --set logging.run_dir=$work/zero3
+expect 0 "steps 4 loss" -- "${mpi[@]}" "$bin" train --config $micro --set zero.stage=3 --set zero.offload_optimizer=nvme --set zero.nvme_path=$work/swap --set zero.nvme_block_bytes=65536 --set zero.nvme_queue_depth=4 --set schedule.max_steps=4 --set sample.tokens=0 --set logging.run_dir=$work/zero3
 expect 0 "model.safetensors" -- "$bin" export --checkpoint $work/zero3/checkpoints/step_00000004 --out $work/export/model.safetensors
 if ! python3 scripts/read_safetensors.py $work/export/model.safetensors | grep -q '"blocks.1.mlp.fc.weight"' || ! grep -q '"n_layers": *2' $work/export/config.json; then
   echo "FAIL: export wrote no readable weights or config.json"; fails=$((fails + 1))

@@ -55,6 +55,8 @@ struct ZeroConfig {
   std::string nvme_path;
   int64_t persistence_threshold = 0;  // elements; smaller parameters stay replicated
   int prefetch_depth = 1;
+  int64_t nvme_block_bytes = 1 << 20;  // bytes per I/O request to the swap files
+  int nvme_queue_depth = 8;            // I/O requests in flight per swap file
   bool operator==(const ZeroConfig&) const = default;
 };
 

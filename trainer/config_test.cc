@@ -67,6 +67,8 @@ TEST_CASE("random configs round-trip exactly, awkward doubles and strings includ
     c.zero.offload_optimizer = OffloadTier::cpu;
     c.zero.nvme_path = "/mnt/nvme 0/swap";
     c.zero.persistence_threshold = static_cast<int64_t>(rng.below(1 << 20));
+    c.zero.nvme_block_bytes = 4096 * (1 + static_cast<int64_t>(rng.below(1024)));
+    c.zero.nvme_queue_depth = 1 + static_cast<int>(rng.below(64));
     c.optimizer.lr = std::exp(-20 * rng.uniform());
     c.optimizer.beta1 = rng.uniform() * 0.999;
     c.optimizer.beta2 = rng.uniform() * 0.999;
@@ -182,6 +184,8 @@ TEST_CASE("each validation rule names its key") {
       {{"zero.stage=3", "zero.offload_params=nvme"}, "zero.nvme_path is empty"},
       {{"zero.persistence_threshold=-1"}, "zero.persistence_threshold = -1"},
       {{"zero.prefetch_depth=-1"}, "zero.prefetch_depth = -1"},
+      {{"zero.nvme_block_bytes=1000"}, "zero.nvme_block_bytes = 1000"},
+      {{"zero.nvme_queue_depth=0"}, "zero.nvme_queue_depth = 0"},
       {{"optimizer.lr=0"}, "optimizer.lr = 0: must be > 0"},
       {{"optimizer.beta1=1"}, "optimizer.beta1 = 1: must be in [0, 1)"},
       {{"optimizer.beta1=-0.1"}, "optimizer.beta1 = -0.1"},

@@ -66,6 +66,11 @@ void validate_zero(const ZeroConfig& z, const std::string& src) {
                        z.persistence_threshold);
   DILATRON_CHECK_INPUT(z.prefetch_depth >= 0, "{}: zero.prefetch_depth = {}: must be >= 0", src,
                        z.prefetch_depth);
+  DILATRON_CHECK_INPUT(z.nvme_block_bytes >= 4096 && z.nvme_block_bytes % 4096 == 0 && z.nvme_block_bytes <= (1 << 30),
+                       "{}: zero.nvme_block_bytes = {}: must be a multiple of 4096 (O_DIRECT) in [4096, 2^30]", src,
+                       z.nvme_block_bytes);
+  DILATRON_CHECK_INPUT(z.nvme_queue_depth >= 1 && z.nvme_queue_depth <= 4096,
+                       "{}: zero.nvme_queue_depth = {}: must be in [1, 4096]", src, z.nvme_queue_depth);
 }
 
 void validate_optimizer(const OptimizerConfig& o, const ScheduleConfig& s, const std::string& src) {

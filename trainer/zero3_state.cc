@@ -27,6 +27,8 @@ Zero3Options zero3_options(const ZeroConfig& z, int rank) {
   o.optimizer_tier = storage_tier(z.offload_optimizer);
   // One swap directory per rank: ranks of one node may share zero.nvme_path.
   o.nvme.directory = fmt::format("{}/rank_{:05}", z.nvme_path, rank);
+  o.nvme.block_bytes = z.nvme_block_bytes;
+  o.nvme.queue_depth = z.nvme_queue_depth;
   return o;
 }
 
