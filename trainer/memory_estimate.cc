@@ -28,7 +28,13 @@ const char* tier_name(OffloadTier t) { return t == OffloadTier::device ? "workin
 }  // namespace
 
 int64_t MemoryEstimate::working_memory() const {
-  return parameter_bytes + gradient_bytes + optimizer_bytes + gathered_bytes + activation_bytes;
+  return (params_tier == OffloadTier::device ? parameter_bytes : 0) + gradient_bytes +
+         (optimizer_tier == OffloadTier::device ? optimizer_bytes : 0) + gathered_bytes + activation_bytes;
+}
+
+int64_t MemoryEstimate::offloaded_bytes() const {
+  return (params_tier != OffloadTier::device ? parameter_bytes : 0) +
+         (optimizer_tier != OffloadTier::device ? optimizer_bytes : 0);
 }
 
 MemoryEstimate estimate_memory(const Config& config, int ranks) {
@@ -54,6 +60,8 @@ MemoryEstimate estimate_memory(const Config& config, int ranks) {
     m.optimizer_bytes = 8 * owned;
     // The group in use plus prefetch_depth ahead, parameters and (in backward) gradients.
     m.gathered_bytes = 4 * largest * (config.zero.prefetch_depth + 1) * 2;
+    m.params_tier = config.zero.offload_params;
+    m.optimizer_tier = config.zero.offload_optimizer;
   } else {
     m.parameter_bytes = 4 * m.parameters;
     m.gradient_bytes = 4 * m.parameters;
@@ -77,11 +85,13 @@ std::string describe_memory_estimate(const Config& config, int ranks) {
                        m.parameters, layout, human_bytes(m.parameter_bytes), human_bytes(m.gradient_bytes),
                        human_bytes(m.optimizer_bytes), human_bytes(m.activation_bytes), human_bytes(m.working_memory()));
   return fmt::format("{} parameters; {}; memory per rank (ZeRO-3): parameter shards {} in {}, gradient shards {}, "
-                     "optimizer state {} in {}, gathered groups (peak) {}, activations (peak, one micro-batch) {}\n",
+                     "optimizer state {} in {}, gathered groups (peak) {}, activations (peak, one micro-batch) {}; "
+                     "working memory {}, offloaded to cpu/nvme {}\n",
                      m.parameters, layout, human_bytes(m.parameter_bytes), tier_name(config.zero.offload_params),
                      human_bytes(m.gradient_bytes), human_bytes(m.optimizer_bytes),
                      tier_name(config.zero.offload_optimizer), human_bytes(m.gathered_bytes),
-                     human_bytes(m.activation_bytes));
+                     human_bytes(m.activation_bytes), human_bytes(m.working_memory()),
+                     human_bytes(m.offloaded_bytes()));
 }
 
 }  // namespace dilatron

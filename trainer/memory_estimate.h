@@ -17,7 +17,12 @@ struct MemoryEstimate {
   int64_t optimizer_bytes = 0;    // AdamW m and v, fp32
   int64_t gathered_bytes = 0;     // ZeRO-3: full copies of groups in use or prefetched (params + grads)
   int64_t activation_bytes = 0;   // the activation arena for one micro-batch of this rank's chunk
-  int64_t working_memory() const;  // what is not offloaded
+  // Where the parameter shards and the optimizer state live (replicated training: device).
+  // Gradients, gathered groups and activations are always in working memory.
+  OffloadTier params_tier = OffloadTier::device;
+  OffloadTier optimizer_tier = OffloadTier::device;
+  int64_t working_memory() const;   // what stays in working memory
+  int64_t offloaded_bytes() const;  // parameter shards and optimizer state kept in cpu or nvme
 };
 
 // For a job of `ranks` ranks (world = parallel.sequence_parallel x data-parallel size).
