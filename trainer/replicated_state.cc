@@ -39,7 +39,7 @@ class ReplicatedState final : public TrainingState {
     }
   }
 
-  std::vector<OwnedSlice> checkpoint_slices() override {
+  std::vector<OwnedSlice> checkpoint_slices(std::vector<std::vector<float>>&) override {
     if (world_.rank() != 0) return {};
     const int64_t n = model().num_params();
     return {{"params", 0, n, model().params()}, {"adam_m", 0, n, adam_m_.data()}, {"adam_v", 0, n, adam_v_.data()}};

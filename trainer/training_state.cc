@@ -36,8 +36,10 @@ std::string save_checkpoint(Communicator& world, const Config& config, int64_t s
   nlohmann::json metadata{{"config", config_to_yaml(config)},
                           {"model", model_shape_json(config.model)},
                           {"data", {{"seed", config.seed}, {"next_step", step}}}};
+  std::vector<std::vector<float>> copies;
+  const std::vector<OwnedSlice> slices = state.checkpoint_slices(copies);
   return write_sharded_checkpoint(world, config.logging.run_dir, step, tensor_table(gpt_shape_from(config.model)),
-                                  state.checkpoint_slices(), metadata, config.checkpoint.keep);
+                                  slices, metadata, config.checkpoint.keep);
 }
 
 int64_t restore_checkpoint(const std::string& dir, const Config& config, TrainingState& state) {

@@ -38,8 +38,10 @@ class TrainingState {
   virtual void adamw_step(const OptimizerConfig& optimizer, float lr, int64_t step) = 0;
 
   // This rank's share of the kinds "params", "adam_m", "adam_v", in logical coordinates
-  // (ParamSpec offsets); the pointers stay valid until the next call on this object.
-  virtual std::vector<OwnedSlice> checkpoint_slices() = 0;
+  // (ParamSpec offsets). A state that must copy its data first puts the copies in `copies`,
+  // which the caller keeps while it uses the slices and frees afterwards (so a checkpoint
+  // does not raise the memory held during training).
+  virtual std::vector<OwnedSlice> checkpoint_slices(std::vector<std::vector<float>>& copies) = 0;
   virtual void restore(const ShardedCheckpoint& checkpoint) = 0;
 
   // One line: bytes held per rank by parameters, gradients, optimizer state, per tier.

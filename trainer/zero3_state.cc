@@ -53,14 +53,20 @@ class Zero3State final : public TrainingState {
                        static_cast<float>(o.weight_decay), step);
   }
 
-  std::vector<OwnedSlice> checkpoint_slices() override {
+  std::vector<OwnedSlice> checkpoint_slices(std::vector<std::vector<float>>& copies) override {
     std::vector<OwnedSlice> out;
     const auto slices = engine_.owned_logical_slices();
-    for (int k = 0; k < 3; ++k) {
-      engine_.read_owned(kKinds[k], owned_[k]);
-      const float* data = owned_[k].data();
+    for (const char* kind : kKinds) {
+      const auto resident = engine_.resident_owned(kind);
+      if (!resident.empty()) {  // in memory: no copy, so a checkpoint adds nothing to the peak
+        for (const auto& r : resident) out.push_back({kind, r.logical_begin, r.length, r.data});
+        continue;
+      }
+      copies.emplace_back();
+      engine_.read_owned(kind, copies.back());
+      const float* data = copies.back().data();
       for (const auto& s : slices) {
-        out.push_back({kKinds[k], s.logical_begin, s.length, data});
+        out.push_back({kind, s.logical_begin, s.length, data});
         data += s.length;
       }
     }
@@ -69,16 +75,16 @@ class Zero3State final : public TrainingState {
 
   void restore(const ShardedCheckpoint& checkpoint) override {
     const auto slices = engine_.owned_logical_slices();
-    for (int k = 0; k < 3; ++k) {
-      int64_t total = 0;
-      for (const auto& s : slices) total += s.length;
-      owned_[k].resize(total);
-      float* data = owned_[k].data();
+    int64_t total = 0;
+    for (const auto& s : slices) total += s.length;
+    std::vector<float> owned(total);
+    for (const char* kind : kKinds) {
+      float* data = owned.data();
       for (const auto& s : slices) {
-        checkpoint.read(kKinds[k], s.logical_begin, s.length, data);
+        checkpoint.read(kind, s.logical_begin, s.length, data);
         data += s.length;
       }
-      engine_.write_owned(kKinds[k], owned_[k]);
+      engine_.write_owned(kind, owned);
     }
   }
 
@@ -94,7 +100,6 @@ class Zero3State final : public TrainingState {
 
  private:
   Zero3Engine engine_;
-  std::vector<float> owned_[3];  // what checkpoint_slices() points into
 };
 
 }  // namespace

@@ -346,6 +346,19 @@ void Zero3Engine::read_owned(const std::string& kind, std::vector<float>& out) c
   piece_pool_->give(buffer);
 }
 
+std::vector<Zero3Engine::ResidentSlice> Zero3Engine::resident_owned(const std::string& kind) const {
+  ShardStore& s = store(kind);
+  std::vector<ResidentSlice> out;
+  if (s.tier() == StorageTier::nvme) return out;
+  for (int g = 0; g < num_groups(); ++g) {
+    const Group& grp = groups_[g];
+    int64_t lo, hi;
+    owned_range(grp, lo, hi);
+    if (hi > lo) out.push_back({grp.begin + grp.local_begin + lo, hi - lo, s.resident(g) + lo});
+  }
+  return out;
+}
+
 void Zero3Engine::write_owned(const std::string& kind, const std::vector<float>& in) {
   ShardStore& s = store(kind);
   drop_gathered();

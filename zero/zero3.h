@@ -67,6 +67,13 @@ class Zero3Engine final : public ParameterSource<float> {
   std::vector<Slice> owned_logical_slices() const;
   // kind: "params", "adam_m" or "adam_v"; the concatenation over owned_logical_slices().
   void read_owned(const std::string& kind, std::vector<float>& out) const;
+  // The same slices in place, unmerged (one per group), for tiers that keep shards in memory;
+  // empty for nvme, whose shards only read_owned can copy in. Valid until the next update.
+  struct ResidentSlice {
+    int64_t logical_begin, length;
+    const float* data;
+  };
+  std::vector<ResidentSlice> resident_owned(const std::string& kind) const;
   // The inverse, for resume. Collective over the world: rank 0 then broadcasts the replicated
   // groups so every replica agrees.
   void write_owned(const std::string& kind, const std::vector<float>& in);
