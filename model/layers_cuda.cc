@@ -1,0 +1,152 @@
+// Host side of the CUDA layers: argument checks and error reporting, which .cu files cannot do.
+#ifdef DILATRON_CUDA
+#include "model/layers_cuda.h"
+
+#include "core/check.h"
+#include "core/cuda_check.h"
+#include "model/layernorm.h"
+#include "model/layers_cuda_kernels.h"
+
+namespace dilatron {
+namespace {
+
+void check_rows(int64_t N, int C) {
+  DILATRON_CHECK(N >= 0 && C > 0, "bad shape N = {}, C = {}", N, C);
+}
+
+}  // namespace
+
+template <typename T>
+void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* weight, const T* bias, int64_t N,
+                       int C, cudaStream_t stream) {
+  check_rows(N, C);
+  if (N == 0) return;
+  DILATRON_CUDA_CHECK(detail::launch_layernorm_forward(out, mean, rstd, inp, weight, bias, N, C,
+                                                       static_cast<float>(kNormEps), stream));
+}
+
+template <typename T>
+void layernorm_backward(T* dinp, float* dweight, float* dbias, const T* dout, const T* inp, const T* weight,
+                        const float* mean, const float* rstd, int64_t N, int C, cudaStream_t stream) {
+  check_rows(N, C);
+  if (N == 0) return;
+  DILATRON_CUDA_CHECK(
+      detail::launch_layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C, stream));
+}
+
+template <typename T>
+void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* weight, int64_t N, int C, cudaStream_t stream) {
+  check_rows(N, C);
+  if (N == 0) return;
+  DILATRON_CUDA_CHECK(
+      detail::launch_rmsnorm_forward(out, rstd, inp, weight, N, C, static_cast<float>(kNormEps), stream));
+}
+
+template <typename T>
+void rmsnorm_backward(T* dinp, float* dweight, const T* dout, const T* inp, const T* weight, const float* rstd,
+                      int64_t N, int C, cudaStream_t stream) {
+  check_rows(N, C);
+  if (N == 0) return;
+  DILATRON_CUDA_CHECK(detail::launch_rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, N, C, stream));
+}
+
+template <typename T>
+void gelu_forward(T* out, const T* inp, int64_t n, cudaStream_t stream) {
+  DILATRON_CHECK(n >= 0, "negative size {}", n);
+  if (n == 0) return;
+  DILATRON_CUDA_CHECK(detail::launch_gelu_forward(out, inp, n, stream));
+}
+
+template <typename T>
+void gelu_backward(T* dinp, const T* inp, const T* dout, int64_t n, cudaStream_t stream) {
+  DILATRON_CHECK(n >= 0, "negative size {}", n);
+  if (n == 0) return;
+  DILATRON_CUDA_CHECK(detail::launch_gelu_backward(dinp, inp, dout, n, stream));
+}
+
+template <typename T>
+void residual_forward(T* x, const T* branch, int64_t n, cudaStream_t stream) {
+  DILATRON_CHECK(n >= 0, "negative size {}", n);
+  if (n == 0) return;
+  DILATRON_CUDA_CHECK(detail::launch_residual_forward(x, branch, n, stream));
+}
+
+template <typename T>
+void token_embedding_forward(T* out, const int32_t* tokens, const T* wte, int64_t N, int C, int V,
+                             cudaStream_t stream) {
+  check_rows(N, C);
+  DILATRON_CHECK(V > 0, "empty vocabulary");
+  if (N == 0) return;
+  DILATRON_CUDA_CHECK(detail::launch_token_embedding_forward(out, tokens, wte, N, C, V, stream));
+}
+
+template <typename T>
+void token_embedding_backward(float* dwte, const T* dout, const int32_t* tokens, int64_t N, int C,
+                              cudaStream_t stream) {
+  check_rows(N, C);
+  if (N == 0) return;
+  DILATRON_CUDA_CHECK(detail::launch_token_embedding_backward(dwte, dout, tokens, N, C, stream));
+}
+
+template <typename T>
+void position_embedding_forward(T* x, const T* wpe, int B, int Tc, int C, int pos0, cudaStream_t stream) {
+  DILATRON_CHECK(B >= 0 && Tc >= 0 && C > 0 && pos0 >= 0, "bad shape B = {}, Tc = {}, C = {}, pos0 = {}", B, Tc,
+                 C, pos0);
+  if (B == 0 || Tc == 0) return;
+  DILATRON_CUDA_CHECK(detail::launch_position_embedding_forward(x, wpe, B, Tc, C, pos0, stream));
+}
+
+template <typename T>
+void position_embedding_backward(float* dwpe, const T* dx, int B, int Tc, int C, int pos0, cudaStream_t stream) {
+  DILATRON_CHECK(B >= 0 && Tc >= 0 && C > 0 && pos0 >= 0, "bad shape B = {}, Tc = {}, C = {}, pos0 = {}", B, Tc,
+                 C, pos0);
+  if (B == 0 || Tc == 0) return;
+  DILATRON_CUDA_CHECK(detail::launch_position_embedding_backward(dwpe, dx, B, Tc, C, pos0, stream));
+}
+
+namespace {
+
+template <typename T>
+void rotate(T* x, int B, int Tc, int H, int D, int pos0, double theta, int direction, cudaStream_t stream) {
+  DILATRON_CHECK(D > 0 && D % 2 == 0, "rotary embedding needs an even head dimension, got {}", D);
+  DILATRON_CHECK(B >= 0 && Tc >= 0 && H >= 0 && pos0 >= 0, "bad shape B = {}, Tc = {}, H = {}, pos0 = {}", B, Tc,
+                 H, pos0);
+  if (B == 0 || Tc == 0 || H == 0) return;
+  DILATRON_CUDA_CHECK(detail::launch_rotary(x, B, Tc, H, D, pos0, theta, direction, stream));
+}
+
+}  // namespace
+
+template <typename T>
+void rotary_forward(T* x, int B, int Tc, int H, int D, int pos0, double theta, cudaStream_t stream) {
+  rotate(x, B, Tc, H, D, pos0, theta, +1, stream);
+}
+
+template <typename T>
+void rotary_backward(T* dx, int B, int Tc, int H, int D, int pos0, double theta, cudaStream_t stream) {
+  rotate(dx, B, Tc, H, D, pos0, theta, -1, stream);
+}
+
+#define DILATRON_INSTANTIATE(T)                                                                                  \
+  template void layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*, int64_t, int,             \
+                                     cudaStream_t);                                                              \
+  template void layernorm_backward<T>(T*, float*, float*, const T*, const T*, const T*, const float*,            \
+                                      const float*, int64_t, int, cudaStream_t);                                 \
+  template void rmsnorm_forward<T>(T*, float*, const T*, const T*, int64_t, int, cudaStream_t);                  \
+  template void rmsnorm_backward<T>(T*, float*, const T*, const T*, const T*, const float*, int64_t, int,         \
+                                    cudaStream_t);                                                               \
+  template void gelu_forward<T>(T*, const T*, int64_t, cudaStream_t);                                            \
+  template void gelu_backward<T>(T*, const T*, const T*, int64_t, cudaStream_t);                                 \
+  template void residual_forward<T>(T*, const T*, int64_t, cudaStream_t);                                        \
+  template void token_embedding_forward<T>(T*, const int32_t*, const T*, int64_t, int, int, cudaStream_t);       \
+  template void token_embedding_backward<T>(float*, const T*, const int32_t*, int64_t, int, cudaStream_t);       \
+  template void position_embedding_forward<T>(T*, const T*, int, int, int, int, cudaStream_t);                   \
+  template void position_embedding_backward<T>(float*, const T*, int, int, int, int, cudaStream_t);              \
+  template void rotary_forward<T>(T*, int, int, int, int, int, double, cudaStream_t);                            \
+  template void rotary_backward<T>(T*, int, int, int, int, int, double, cudaStream_t);
+DILATRON_INSTANTIATE(float)
+DILATRON_INSTANTIATE(__nv_bfloat16)
+#undef DILATRON_INSTANTIATE
+
+}  // namespace dilatron
+#endif

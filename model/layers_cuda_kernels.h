@@ -1,0 +1,54 @@
+// Kernel launchers of model/*.cu, for model/layers_cuda.cc only. They return the launch status
+// instead of throwing because .cu files cannot include core/check.h (nvcc 13 rejects fmt 9).
+// Arguments are those of the public functions in model/layers_cuda.h, already checked.
+#pragma once
+
+#ifdef DILATRON_CUDA
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace dilatron::detail {
+
+template <typename T>
+cudaError_t launch_layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* weight,
+                                     const T* bias, int64_t N, int C, float eps, cudaStream_t stream);
+template <typename T>
+cudaError_t launch_layernorm_backward(T* dinp, float* dweight, float* dbias, const T* dout, const T* inp,
+                                      const T* weight, const float* mean, const float* rstd, int64_t N, int C,
+                                      cudaStream_t stream);
+template <typename T>
+cudaError_t launch_rmsnorm_forward(T* out, float* rstd, const T* inp, const T* weight, int64_t N, int C, float eps,
+                                   cudaStream_t stream);
+template <typename T>
+cudaError_t launch_rmsnorm_backward(T* dinp, float* dweight, const T* dout, const T* inp, const T* weight,
+                                    const float* rstd, int64_t N, int C, cudaStream_t stream);
+
+template <typename T>
+cudaError_t launch_gelu_forward(T* out, const T* inp, int64_t n, cudaStream_t stream);
+template <typename T>
+cudaError_t launch_gelu_backward(T* dinp, const T* inp, const T* dout, int64_t n, cudaStream_t stream);
+template <typename T>
+cudaError_t launch_residual_forward(T* x, const T* branch, int64_t n, cudaStream_t stream);
+
+template <typename T>
+cudaError_t launch_token_embedding_forward(T* out, const int32_t* tokens, const T* wte, int64_t N, int C, int V,
+                                           cudaStream_t stream);
+template <typename T>
+cudaError_t launch_token_embedding_backward(float* dwte, const T* dout, const int32_t* tokens, int64_t N, int C,
+                                            cudaStream_t stream);
+template <typename T>
+cudaError_t launch_position_embedding_forward(T* x, const T* wpe, int B, int Tc, int C, int pos0,
+                                              cudaStream_t stream);
+template <typename T>
+cudaError_t launch_position_embedding_backward(float* dwpe, const T* dx, int B, int Tc, int C, int pos0,
+                                               cudaStream_t stream);
+
+// direction +1 rotates by +angle (forward), -1 by -angle (backward).
+template <typename T>
+cudaError_t launch_rotary(T* x, int B, int Tc, int H, int D, int pos0, double theta, int direction,
+                          cudaStream_t stream);
+
+}  // namespace dilatron::detail
+#endif
