@@ -1,0 +1,347 @@
+// The CUDA cross-entropy and cuBLASLt matmul against the CPU reference (fp64 for cross-entropy,
+// fp32 for matmul), on the same bf16-rounded inputs; each case prints one line, so the log
+// reads as a table of max errors.
+// Needs a GPU (tags = ["gpu"]).
+#include <doctest/doctest.h>
+
+#ifdef DILATRON_CUDA
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "core/bf16.h"
+#include "core/check.h"
+#include "core/cuda_check.h"
+#include "core/rng.h"
+#include "model/cross_entropy.h"
+#include "model/cross_entropy_cuda.h"
+#include "model/matmul.h"
+#include "model/matmul_cuda.h"
+
+namespace dilatron {
+namespace {
+
+// Tolerances on max |got - want| / max |want|. bf16 outputs keep 8 significant bits, so one
+// rounding alone is up to 2^-9 of the largest value; 2e-2 is the usual bf16 bound and still far
+// below what a wrong index or a missing term gives (order 1). fp32 outputs differ from the CPU
+// only in summation order and libm ulps: 1e-5 (against fp64 for cross-entropy, fp32 for
+// matmul). dweight and dbias are fp32 sums of exact products of bf16 values, summed over up to
+// 1024 rows in another order: 1e-4.
+constexpr double kBf16Tolerance = 2e-2;
+constexpr double kFp32Tolerance = 1e-5;
+constexpr double kFp32SumTolerance = 1e-4;
+
+// Elements past n on the device stay NaN: a kernel that writes there fails the download.
+constexpr size_t kGuard = 64;
+
+template <typename T>
+T nan_value() {
+  if constexpr (std::is_same_v<T, bf16>) {
+    return bf16::from_float(std::numeric_limits<float>::quiet_NaN());
+  } else {
+    return std::numeric_limits<T>::quiet_NaN();
+  }
+}
+
+template <typename T>
+bool is_nan(T x) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    return std::isnan(x.to_float());
+  } else {
+    return std::isnan(x);
+  }
+}
+
+// n device elements plus a NaN guard; created filled with NaN (poisoned).
+template <typename T>
+struct DeviceArray {
+  T* ptr = nullptr;
+  size_t n = 0;
+  explicit DeviceArray(size_t count) : n(count) {
+    DILATRON_CUDA_CHECK(cudaMalloc(&ptr, (n + kGuard) * sizeof(T)));
+    const std::vector<T> poison(n + kGuard, nan_value<T>());
+    DILATRON_CUDA_CHECK(cudaMemcpy(ptr, poison.data(), poison.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
+    DILATRON_CUDA_CHECK(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  ~DeviceArray() { cudaFree(ptr); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+
+  std::vector<T> download() const {
+    DILATRON_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<T> all(n + kGuard);
+    DILATRON_CUDA_CHECK(cudaMemcpy(all.data(), ptr, all.size() * sizeof(T), cudaMemcpyDeviceToHost));
+    for (size_t i = n; i < all.size(); ++i) REQUIRE(is_nan(all[i]));
+    all.resize(n);
+    return all;
+  }
+};
+
+std::vector<float> random_normals(uint64_t seed, uint64_t stream, size_t n, double scale) {
+  CounterRng rng(seed, stream);
+  std::vector<float> x(n);
+  for (float& e : x) e = static_cast<float>(scale * rng.normal());
+  return x;
+}
+
+// Rounds x to bf16 in place (so the CPU reference sees what the GPU sees) and returns the bf16s.
+std::vector<bf16> round_to_bf16(std::vector<float>& x) {
+  std::vector<bf16> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    out[i] = bf16::from_float(x[i]);
+    x[i] = out[i].to_float();
+  }
+  return out;
+}
+
+std::vector<float> to_floats(const std::vector<bf16>& x) {
+  std::vector<float> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out[i] = x[i].to_float();
+  return out;
+}
+std::vector<float> to_floats(const std::vector<float>& x) { return x; }
+
+// max |got - want| / max |want|; infinity if got has a non-finite value where want is finite.
+double max_relative_error(const std::vector<float>& got, const std::vector<float>& want) {
+  REQUIRE(got.size() == want.size());
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!std::isfinite(got[i])) return std::numeric_limits<double>::infinity();
+    diff = std::max(diff, static_cast<double>(std::abs(got[i] - want[i])));
+    scale = std::max(scale, static_cast<double>(std::abs(want[i])));
+  }
+  return scale == 0 ? diff : diff / scale;
+}
+
+// Every 7th row (from row 3) is ignored (target -1); the rest are uniform in [0, V).
+std::vector<int32_t> random_targets(uint64_t seed, int64_t N, int V) {
+  CounterRng rng(seed, 99);
+  std::vector<int32_t> targets(static_cast<size_t>(N));
+  for (int64_t n = 0; n < N; ++n)
+    targets[static_cast<size_t>(n)] = n % 7 == 3 ? -1 : static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
+  return targets;
+}
+
+// Runs forward, backward out of place and backward in place (dlogits = logits) on logits of type
+// T, and checks all three against the CPU reference.
+template <typename T>
+void check_cross_entropy(const char* label, int64_t N, int V, double grad_tolerance) {
+  const uint64_t seed = 17 * static_cast<uint64_t>(N) + static_cast<uint64_t>(V);
+  const size_t count = static_cast<size_t>(N) * static_cast<size_t>(V);
+  // Scale 4 makes the softmax peaked, as late in training.
+  std::vector<float> logits = random_normals(seed, 1, count, 4.0);
+  std::vector<T> device_logits;
+  if constexpr (std::is_same_v<T, bf16>) {
+    device_logits = round_to_bf16(logits);
+  } else {
+    device_logits = logits;
+  }
+  const std::vector<int32_t> targets = random_targets(seed, N, V);
+  const float dloss_weight = 1.0f / static_cast<float>(N);
+
+  // The reference runs in fp64: an fp32 sequential sum over 50k exps is itself off by ~1e-4 in lse,
+  // and dlogits inherits lse's absolute error as a relative one.
+  const std::vector<double> logits64(logits.begin(), logits.end());
+  std::vector<double> losses64(static_cast<size_t>(N)), lse64(static_cast<size_t>(N)), dlogits64(count);
+  cross_entropy_forward<double>(losses64.data(), lse64.data(), logits64.data(), targets.data(), N, V);
+  cross_entropy_backward<double>(dlogits64.data(), logits64.data(), lse64.data(), targets.data(), dloss_weight, N,
+                                 V);
+  const std::vector<float> want_losses(losses64.begin(), losses64.end()), want_lse(lse64.begin(), lse64.end()),
+      want_dlogits(dlogits64.begin(), dlogits64.end());
+
+  DeviceArray<T> d_logits(device_logits), d_dlogits(count);
+  DeviceArray<int32_t> d_targets(targets);
+  DeviceArray<float> d_losses(static_cast<size_t>(N)), d_lse(static_cast<size_t>(N));
+  cross_entropy_forward(d_losses.ptr, d_lse.ptr, d_logits.ptr, d_targets.ptr, N, V, nullptr);
+  cross_entropy_backward(d_dlogits.ptr, d_logits.ptr, d_lse.ptr, d_targets.ptr, dloss_weight, N, V, nullptr);
+  const double err_loss = max_relative_error(d_losses.download(), want_losses);
+  const double err_lse = max_relative_error(d_lse.download(), want_lse);
+  const double err_grad = max_relative_error(to_floats(d_dlogits.download()), want_dlogits);
+  cross_entropy_backward(d_logits.ptr, d_logits.ptr, d_lse.ptr, d_targets.ptr, dloss_weight, N, V, nullptr);
+  const double err_in_place = max_relative_error(to_floats(d_logits.download()), want_dlogits);
+
+  std::printf("cross_entropy %-4s N=%-5lld V=%-6d | loss %.2e  lse %.2e (tol %.0e) | dlogits %.2e  in place %.2e "
+              "(tol %.0e)\n",
+              label, static_cast<long long>(N), V, err_loss, err_lse, kFp32Tolerance, err_grad, err_in_place,
+              grad_tolerance);
+  INFO(label, " N = ", N, " V = ", V);
+  CHECK(err_loss <= kFp32Tolerance);
+  CHECK(err_lse <= kFp32Tolerance);
+  CHECK(err_grad <= grad_tolerance);
+  CHECK(err_in_place <= grad_tolerance);
+}
+
+TEST_CASE("cross_entropy on bf16 logits matches the fp64 CPU reference") {
+  for (int64_t N : {1, 7, 257, 1024})
+    for (int V : {256, 50304, 50257}) check_cross_entropy<bf16>("bf16", N, V, kBf16Tolerance);
+}
+
+TEST_CASE("cross_entropy on fp32 logits matches the fp64 CPU reference") {
+  for (int64_t N : {1, 257})
+    for (int V : {256, 50257}) check_cross_entropy<float>("fp32", N, V, kFp32Tolerance);
+}
+
+TEST_CASE("cross_entropy: a target >= V gives a NaN loss, since a kernel cannot throw") {
+  const int V = 256;
+  std::vector<float> logits = random_normals(3, 1, 2 * V, 1.0);
+  DeviceArray<bf16> d_logits(round_to_bf16(logits));
+  DeviceArray<int32_t> d_targets(std::vector<int32_t>{5, V});
+  DeviceArray<float> d_losses(2), d_lse(2);
+  cross_entropy_forward(d_losses.ptr, d_lse.ptr, d_logits.ptr, d_targets.ptr, 2, V, nullptr);
+  const std::vector<float> losses = d_losses.download();
+  CHECK(std::isfinite(losses[0]));
+  CHECK(std::isnan(losses[1]));
+}
+
+struct MatmulShape {
+  int64_t N;
+  int IC, OC;
+  bool bias;
+};
+
+// Forward and backward on T inputs against the fp32 CPU reference. inp_offset shifts inp by that
+// many elements off its allocation, so it is no longer 16-byte aligned.
+template <typename T>
+void check_matmul(const char* label, const MatmulShape& s, double tolerance, MatmulContext& ctx,
+                  size_t inp_offset = 0) {
+  const auto N = static_cast<size_t>(s.N), IC = static_cast<size_t>(s.IC), OC = static_cast<size_t>(s.OC);
+  const uint64_t seed = 1000003 * N + 1009 * IC + OC;
+  std::vector<float> inp = random_normals(seed, 1, inp_offset + N * IC, 1.0);
+  std::vector<float> weight = random_normals(seed, 2, OC * IC, 0.05);
+  std::vector<float> bias = random_normals(seed, 3, OC, 0.1);
+  std::vector<float> dout = random_normals(seed, 4, N * OC, 1.0);
+  // Nonzero starting gradients: dweight and dbias must be accumulated, not overwritten.
+  const std::vector<float> dweight0 = random_normals(seed, 5, OC * IC, 1.0);
+  const std::vector<float> dbias0 = random_normals(seed, 6, OC, 1.0);
+  std::vector<T> t_inp, t_weight, t_bias, t_dout;
+  if constexpr (std::is_same_v<T, bf16>) {
+    t_inp = round_to_bf16(inp), t_weight = round_to_bf16(weight), t_bias = round_to_bf16(bias),
+    t_dout = round_to_bf16(dout);
+  } else {
+    t_inp = inp, t_weight = weight, t_bias = bias, t_dout = dout;
+  }
+  const float* cpu_inp = inp.data() + inp_offset;
+
+  std::vector<float> want_out(N * OC), want_dinp(N * IC, 0.0f), want_dweight = dweight0, want_dbias = dbias0;
+  matmul_forward<float>(want_out.data(), cpu_inp, weight.data(), s.bias ? bias.data() : nullptr, s.N, s.IC, s.OC);
+  matmul_backward<float>(want_dinp.data(), want_dweight.data(), s.bias ? want_dbias.data() : nullptr, dout.data(),
+                         cpu_inp, weight.data(), s.N, s.IC, s.OC);
+
+  DeviceArray<T> d_inp(t_inp), d_weight(t_weight), d_bias(t_bias), d_dout(t_dout), d_out(N * OC), d_dinp(N * IC);
+  DeviceArray<float> d_dweight(dweight0), d_dbias(dbias0);
+  const T* gpu_inp = d_inp.ptr + inp_offset;
+  matmul_forward(d_out.ptr, gpu_inp, d_weight.ptr, s.bias ? d_bias.ptr : nullptr, s.N, s.IC, s.OC, ctx, nullptr);
+  matmul_backward(d_dinp.ptr, d_dweight.ptr, s.bias ? d_dbias.ptr : nullptr, d_dout.ptr, gpu_inp, d_weight.ptr,
+                  s.N, s.IC, s.OC, ctx, nullptr);
+  const double err_out = max_relative_error(to_floats(d_out.download()), want_out);
+  const double err_dinp = max_relative_error(to_floats(d_dinp.download()), want_dinp);
+  const double err_dweight = max_relative_error(d_dweight.download(), want_dweight);
+  const double err_dbias = max_relative_error(d_dbias.download(), want_dbias);
+  const double sum_tolerance = std::is_same_v<T, bf16> ? kFp32SumTolerance : kFp32Tolerance;
+
+  std::printf("matmul %-4s N=%-5zu IC=%-4zu OC=%-4zu bias=%d inp_offset=%zu | out %.2e  dinp %.2e (tol %.0e) | "
+              "dweight %.2e  dbias %.2e (tol %.0e)\n",
+              label, N, IC, OC, s.bias, inp_offset, err_out, err_dinp, tolerance, err_dweight, err_dbias,
+              sum_tolerance);
+  INFO(label, " N = ", N, " IC = ", IC, " OC = ", OC, " bias = ", s.bias, " inp_offset = ", inp_offset);
+  CHECK(err_out <= tolerance);
+  CHECK(err_dinp <= tolerance);
+  CHECK(err_dweight <= sum_tolerance);
+  CHECK(err_dbias <= sum_tolerance);
+}
+
+const std::pair<int, int> kChannelPairs[] = {{64, 64}, {768, 768}, {771, 64}, {64, 771}, {771, 771}};
+
+TEST_CASE("matmul on bf16 matches the fp32 CPU reference") {
+  MatmulContext ctx;
+  int index = 0;
+  for (int64_t N : {1, 7, 257, 1024})
+    for (auto [IC, OC] : kChannelPairs) check_matmul<bf16>("bf16", {N, IC, OC, index++ % 2 == 0}, kBf16Tolerance, ctx);
+}
+
+TEST_CASE("matmul on fp32 matches the fp32 CPU reference") {
+  MatmulContext ctx;
+  for (int64_t N : {7, 257})
+    for (auto [IC, OC] : {std::pair{64, 771}, std::pair{771, 64}})
+      check_matmul<float>("fp32", {N, IC, OC, true}, kFp32Tolerance, ctx);
+}
+
+TEST_CASE("matmul on an input that is not 16-byte aligned") {
+  MatmulContext ctx;
+  check_matmul<bf16>("bf16", {7, 64, 64, true}, kBf16Tolerance, ctx, 1);
+}
+
+TEST_CASE("matmul refuses a bias that is not 16-byte aligned, with a clear error") {
+  MatmulContext ctx;
+  DeviceArray<bf16> inp(8 * 64), weight(64 * 64), bias(64 + 8), out(8 * 64);
+  CHECK_THROWS_AS(matmul_forward(out.ptr, inp.ptr, weight.ptr, bias.ptr + 1, 8, 64, 64, ctx, nullptr), Error);
+}
+
+// Median of reps event-timed launches, after warm-up, in milliseconds.
+template <typename Launch>
+double median_ms(Launch launch, int warmup, int reps) {
+  for (int i = 0; i < warmup; ++i) launch();
+  cudaEvent_t start, stop;
+  DILATRON_CUDA_CHECK(cudaEventCreate(&start));
+  DILATRON_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<float> times;
+  for (int i = 0; i < reps; ++i) {
+    DILATRON_CUDA_CHECK(cudaEventRecord(start));
+    launch();
+    DILATRON_CUDA_CHECK(cudaEventRecord(stop));
+    DILATRON_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    DILATRON_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    times.push_back(ms);
+  }
+  DILATRON_CUDA_CHECK(cudaEventDestroy(start));
+  DILATRON_CUDA_CHECK(cudaEventDestroy(stop));
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+std::vector<bf16> uniform_bf16(uint64_t seed, size_t n) {
+  CounterRng rng(seed, 1);
+  std::vector<bf16> x(n);
+  for (bf16& e : x) e = bf16::from_float(static_cast<float>(rng.uniform() - 0.5));
+  return x;
+}
+
+TEST_CASE("timing: bf16 matmul at GPT-2 MLP size (N=8192, IC=768, OC=3072), for orientation") {
+  const int64_t N = 8192;
+  const int IC = 768, OC = 3072;
+  const auto n = static_cast<size_t>(N);
+  MatmulContext ctx;
+  DeviceArray<bf16> inp(uniform_bf16(1, n * IC)), weight(uniform_bf16(2, size_t{OC} * IC)),
+      bias(uniform_bf16(3, OC)), dout(uniform_bf16(4, n * OC)), out(n * OC), dinp(n * IC);
+  DeviceArray<float> dweight(std::vector<float>(size_t{OC} * IC, 0.0f)), dbias(std::vector<float>(OC, 0.0f));
+  const double flops = 2.0 * static_cast<double>(N) * IC * OC;
+  const double forward_ms = median_ms(
+      [&] { matmul_forward(out.ptr, inp.ptr, weight.ptr, bias.ptr, N, IC, OC, ctx, nullptr); }, 5, 20);
+  const double backward_ms = median_ms(
+      [&] {
+        matmul_backward(dinp.ptr, dweight.ptr, dbias.ptr, dout.ptr, inp.ptr, weight.ptr, N, IC, OC, ctx, nullptr);
+      },
+      5, 20);
+  std::printf("TIMING matmul_forward bf16 N=%lld IC=%d OC=%d (+bias): median %.4f ms, %.1f TFLOP/s\n",
+              static_cast<long long>(N), IC, OC, forward_ms, flops / (forward_ms * 1e-3) / 1e12);
+  std::printf("TIMING matmul_backward bf16 N=%lld IC=%d OC=%d (dinp, dweight, dbias): median %.4f ms, %.1f "
+              "TFLOP/s\n",
+              static_cast<long long>(N), IC, OC, backward_ms, 2.0 * flops / (backward_ms * 1e-3) / 1e12);
+  const std::vector<bf16> result = out.download();
+  CHECK(std::all_of(result.begin(), result.end(), [](bf16 x) { return std::isfinite(x.to_float()); }));
+}
+
+}  // namespace
+}  // namespace dilatron
+
+#else
+TEST_CASE("kernels_gpu_test needs a build with --config=cuda") { FAIL("built without CUDA"); }
+#endif

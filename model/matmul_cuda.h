@@ -1,0 +1,68 @@
+// Linear layer on the GPU through cuBLASLt, the CUDA twin of model/matmul.h (same names, plus a
+// MatmulContext and a stream): out (N, OC) = inp (N, IC) . weight (OC, IC)^T + bias (OC).
+// Products accumulate in fp32 (CUBLAS_COMPUTE_32F, no TF32) for both the bf16 and fp32 overloads;
+// the bias is added in the cuBLASLt epilogue. All pointers are device pointers.
+//
+// Gradient rule, which differs from the CPU version in one place: dinp is WRITTEN (the model
+// never needs to add into it), while dweight and dbias are fp32 and ACCUMULATED (+=), as on the
+// CPU. dbias may be null (no bias).
+//
+// Alignment: any element-aligned pointer works: the alignment each pointer actually has is passed
+// to the cuBLASLt heuristic, which then picks only kernels that can handle it. Two checks throw
+// with the shapes in the message: a bias pointer that is not 16-byte aligned (the epilogue reads
+// it in 16-byte vectors), and a shape for which cuBLASLt offers no algorithm at all.
+#pragma once
+
+#ifdef DILATRON_CUDA
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/bf16.h"
+
+namespace dilatron {
+
+// The cuBLASLt handle and its workspace, made once before the step loop: the matmuls themselves
+// never allocate. One context per stream at a time (the workspace is shared by its calls).
+class MatmulContext {
+ public:
+  // 32 MiB is what NVIDIA recommends as cuBLASLt workspace on Hopper.
+  explicit MatmulContext(size_t workspace_bytes = size_t{32} << 20);
+  ~MatmulContext();
+  MatmulContext(const MatmulContext&) = delete;
+  MatmulContext& operator=(const MatmulContext&) = delete;
+
+  cublasLtHandle_t handle() const { return handle_; }
+  void* workspace() const { return workspace_; }
+  size_t workspace_bytes() const { return workspace_bytes_; }
+
+ private:
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+};
+
+// bias (OC) may be null.
+void matmul_forward(bf16* out, const bf16* inp, const bf16* weight, const bf16* bias, int64_t N, int IC, int OC,
+                    MatmulContext& ctx, cudaStream_t stream);
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N, int IC,
+                    int OC, MatmulContext& ctx, cudaStream_t stream);
+
+// dinp (N, IC) = dout . weight; dweight (OC, IC) += dout^T . inp; dbias (OC) += column sums of
+// dout (N, OC).
+void matmul_backward(bf16* dinp, float* dweight, float* dbias, const bf16* dout, const bf16* inp,
+                     const bf16* weight, int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream);
+void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                     const float* weight, int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream);
+
+namespace detail {
+// dbias (OC) += sum over rows of dout (N, OC), in fp32; from model/matmul.cu, which cannot
+// include core/check.h (nvcc 13 rejects fmt 9), hence the returned status.
+cudaError_t launch_add_column_sums(float* dbias, const bf16* dout, int64_t N, int OC, cudaStream_t stream);
+cudaError_t launch_add_column_sums(float* dbias, const float* dout, int64_t N, int OC, cudaStream_t stream);
+}  // namespace detail
+
+}  // namespace dilatron
+#endif
