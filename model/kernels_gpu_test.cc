@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/bf16.h"
+#include "core/cuda_timing.h"
 #include "core/check.h"
 #include "core/cuda_check.h"
 #include "core/rng.h"
@@ -282,29 +283,6 @@ TEST_CASE("matmul refuses a bias that is not 16-byte aligned, with a clear error
   MatmulContext ctx;
   DeviceArray<bf16> inp(8 * 64), weight(64 * 64), bias(64 + 8), out(8 * 64);
   CHECK_THROWS_AS(matmul_forward(out.ptr, inp.ptr, weight.ptr, bias.ptr + 1, 8, 64, 64, ctx, nullptr), Error);
-}
-
-// Median of reps event-timed launches, after warm-up, in milliseconds.
-template <typename Launch>
-double median_ms(Launch launch, int warmup, int reps) {
-  for (int i = 0; i < warmup; ++i) launch();
-  cudaEvent_t start, stop;
-  DILATRON_CUDA_CHECK(cudaEventCreate(&start));
-  DILATRON_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<float> times;
-  for (int i = 0; i < reps; ++i) {
-    DILATRON_CUDA_CHECK(cudaEventRecord(start));
-    launch();
-    DILATRON_CUDA_CHECK(cudaEventRecord(stop));
-    DILATRON_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    DILATRON_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms);
-  }
-  DILATRON_CUDA_CHECK(cudaEventDestroy(start));
-  DILATRON_CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
 }
 
 std::vector<bf16> uniform_bf16(uint64_t seed, size_t n) {

@@ -12,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/cuda_timing.h"
 #include "core/cuda_check.h"
 #include "core/rng.h"
 #include "optim/adamw.h"
@@ -128,29 +129,6 @@ TEST_CASE("sum_of_squares_cuda matches sum_of_squares_cpu") {
     INFO("n = ", n);
     CHECK(err <= 1e-10);
   }
-}
-
-// Median of reps event-timed launches, after warm-up, in milliseconds.
-template <typename Launch>
-double median_ms(Launch launch, int warmup, int reps) {
-  for (int i = 0; i < warmup; ++i) launch();
-  cudaEvent_t start, stop;
-  DILATRON_CUDA_CHECK(cudaEventCreate(&start));
-  DILATRON_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<float> times;
-  for (int i = 0; i < reps; ++i) {
-    DILATRON_CUDA_CHECK(cudaEventRecord(start));
-    launch();
-    DILATRON_CUDA_CHECK(cudaEventRecord(stop));
-    DILATRON_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    DILATRON_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms);
-  }
-  DILATRON_CUDA_CHECK(cudaEventDestroy(start));
-  DILATRON_CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
 }
 
 TEST_CASE("timing: AdamW and sum of squares at n = 64M") {
