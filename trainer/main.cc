@@ -14,7 +14,6 @@
 #include "comm/process_groups.h"
 #include "core/check.h"
 #include "core/rng.h"
-#include "trainer/attention_from_config.h"
 #include "trainer/config.h"
 #include "trainer/data.h"
 #include "trainer/memory_estimate.h"
@@ -79,11 +78,9 @@ int command_generate(const std::string& checkpoint_dir, const std::string& promp
                        checkpoint_dir);
   DILATRON_CHECK_INPUT(temperature > 0, "--temperature: must be > 0, got {}", temperature);
   DILATRON_CHECK_INPUT(top_k >= 0, "--top-k: must be >= 0, got {}", top_k);
-  auto attention = single_rank_attention(config);
-  Gpt<float> model(gpt_shape_from(config.model), 1, attention.get());
-  load_checkpoint_parameters(checkpoint, model);
+  CheckpointModel m = load_checkpoint_model(checkpoint, config, 1);
   CounterRng rng(seed, 0x47454e4552415445ull);
-  std::vector<int32_t> text = sample_continuation(model, encode_bytes(prompt), {tokens, temperature, top_k}, rng);
+  std::vector<int32_t> text = sample_continuation(*m.model, encode_bytes(prompt), {tokens, temperature, top_k}, rng);
   std::printf("%s%s\n", prompt.c_str(), decode_bytes(text).c_str());
   return 0;
 }
@@ -103,17 +100,15 @@ int command_eval(const std::string& checkpoint_dir, const std::string& data_path
   const int64_t count = std::min(wanted, data.num_val_sequences());
   DILATRON_CHECK_INPUT(count > 0, "--data: {} holds no validation window of model.seq_len + 1 = {} tokens",
                        spec.val_path.empty() ? spec.path : spec.val_path, config.model.seq_len + 1);
-  auto attention = single_rank_attention(config);
   const int T = config.model.seq_len;
-  Gpt<float> model(gpt_shape_from(config.model), static_cast<int>(rows_per_batch), attention.get());
-  load_checkpoint_parameters(checkpoint, model);
+  CheckpointModel m = load_checkpoint_model(checkpoint, config, static_cast<int>(rows_per_batch));
   std::vector<int32_t> inputs(rows_per_batch * T), targets(rows_per_batch * T);
   double loss_sum = 0;
   for (int64_t first = 0; first < count; first += rows_per_batch) {
     const int64_t rows = std::min(rows_per_batch, count - first);
     for (int64_t r = 0; r < rows; ++r)
       data.val_sequence(first + r, 0, T, inputs.data() + r * T, targets.data() + r * T);
-    loss_sum += model.forward(inputs.data(), targets.data(), static_cast<int>(rows), T);
+    loss_sum += m.model->forward(inputs.data(), targets.data(), static_cast<int>(rows), T);
   }
   std::printf("sequences %lld tokens %lld\nval_loss %.6f\n", static_cast<long long>(count),
               static_cast<long long>(count * T), loss_sum / static_cast<double>(count * T));

@@ -36,8 +36,4 @@ void require_supported_by_trainer(const Config& c) {
                        "device: cuda training is not implemented in this version of dilatron; use cpu or auto");
 }
 
-int64_t micro_batch_of(const DataConfig& data) {
-  return data.micro_batch_size > 0 ? data.micro_batch_size : data.batch_size;
-}
-
 }  // namespace dilatron

@@ -14,7 +14,4 @@ DataSpec data_spec_from(const Config& config);
 // Throws InputError naming the key for every feature this trainer lacks (CUDA training).
 void require_supported_by_trainer(const Config& config);
 
-// Sequences per forward/backward: data.micro_batch_size, or the whole batch when 0.
-int64_t micro_batch_of(const DataConfig& data);
-
 }  // namespace dilatron

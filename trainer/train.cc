@@ -72,12 +72,10 @@ void print_sample(const Config& c, const ShardedCheckpoint& checkpoint) {
     return;
   }
   // Sampling needs the whole window on one rank, with single-rank attention.
-  auto attention = single_rank_attention(c);
-  Gpt<float> model(gpt_shape_from(c.model), 1, attention.get());
-  load_checkpoint_parameters(checkpoint, model);
+  CheckpointModel sampler = load_checkpoint_model(checkpoint, c, 1);
   CounterRng rng(c.seed, kSampleStream);
   SamplingOptions so{c.sample.tokens, c.sample.temperature, c.sample.top_k};
-  std::vector<int32_t> text = sample_continuation(model, encode_bytes(c.sample.prompt), so, rng);
+  std::vector<int32_t> text = sample_continuation(*sampler.model, encode_bytes(c.sample.prompt), so, rng);
   std::printf("--- sample (%lld tokens, temperature %g, top-k %d) ---\n%s%s\n---\n",
               static_cast<long long>(c.sample.tokens), c.sample.temperature, c.sample.top_k, c.sample.prompt.c_str(),
               decode_bytes(text).c_str());

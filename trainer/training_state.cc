@@ -1,6 +1,7 @@
 #include "trainer/training_state.h"
 
 #include "core/check.h"
+#include "trainer/attention_from_config.h"
 #include "trainer/model_from_config.h"
 #include "trainer/training_state_kinds.h"
 
@@ -57,12 +58,16 @@ Config checkpoint_config(const ShardedCheckpoint& checkpoint) {
   return parse_config(meta["config"].get<std::string>(), {}, checkpoint.dir() + "/manifest.json");
 }
 
-void load_checkpoint_parameters(const ShardedCheckpoint& checkpoint, Gpt<float>& model) {
+CheckpointModel load_checkpoint_model(const ShardedCheckpoint& checkpoint, const Config& config, int max_batch) {
+  CheckpointModel m;
+  m.attention = single_rank_attention(config);
+  m.model = std::make_unique<Gpt<float>>(gpt_shape_from(config.model), max_batch, m.attention.get());
   int64_t stored = 0;
   for (const CheckpointTensor& t : checkpoint.tensors()) stored += t.numel;
-  DILATRON_CHECK_INPUT(stored == model.num_params(), "checkpoint {} holds {} parameters, the model has {}",
-                       checkpoint.dir(), stored, model.num_params());
-  checkpoint.read("params", 0, model.num_params(), model.params());
+  DILATRON_CHECK_INPUT(stored == m.model->num_params(), "checkpoint {} holds {} parameters, the model has {}",
+                       checkpoint.dir(), stored, m.model->num_params());
+  checkpoint.read("params", 0, m.model->num_params(), m.model->params());
+  return m;
 }
 
 std::unique_ptr<TrainingState> make_training_state(const Config& config, const GptShape& shape, Communicator& world) {

@@ -58,9 +58,16 @@ std::string save_checkpoint(Communicator& world, const Config& config, int64_t s
 // refused with an InputError naming the key.
 int64_t restore_checkpoint(const std::string& dir, const Config& config, TrainingState& state);
 
-// For generate, eval, export and the end-of-training sample: the config a checkpoint was
-// trained with, and its full parameters into a model that holds its own.
+// The config a checkpoint was trained with.
 Config checkpoint_config(const ShardedCheckpoint& checkpoint);
-void load_checkpoint_parameters(const ShardedCheckpoint& checkpoint, Gpt<float>& model);
+
+// For generate, eval and the end-of-training sample: a model on one rank (single-rank
+// attention of `config`) holding the checkpoint's full parameters, whatever the world size
+// and partitioning of the run that wrote it.
+struct CheckpointModel {
+  std::unique_ptr<SequenceAttention<float>> attention;  // the model points at it
+  std::unique_ptr<Gpt<float>> model;
+};
+CheckpointModel load_checkpoint_model(const ShardedCheckpoint& checkpoint, const Config& config, int max_batch);
 
 }  // namespace dilatron
