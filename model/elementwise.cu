@@ -1,4 +1,4 @@
-// GELU (tanh approximation) and the residual add: grid-stride loops over n elements, fp32 math.
+// GELU (tanh approximation), the residual add and fp32 -> T conversion: grid-stride loops over n elements, fp32 math.
 #include "model/cuda_math.cuh"
 #include "model/layers_cuda_kernels.h"
 
@@ -40,7 +40,18 @@ __global__ void residual_forward_kernel(T* __restrict__ x, const T* __restrict__
     x[i] = from_float<T>(to_float(x[i]) + to_float(branch[i]));
 }
 
+template <typename T>
+__global__ void convert_from_float_kernel(T* __restrict__ out, const float* __restrict__ inp, int64_t n) {
+  for (int64_t i = gpu::global_thread(); i < n; i += gpu::grid_threads()) out[i] = from_float<T>(inp[i]);
+}
+
 }  // namespace
+
+template <typename T>
+cudaError_t launch_convert_from_float(T* out, const float* inp, int64_t n, cudaStream_t stream) {
+  convert_from_float_kernel<T><<<gpu::blocks_for(n, gpu::kThreads), gpu::kThreads, 0, stream>>>(out, inp, n);
+  return cudaGetLastError();
+}
 
 template <typename T>
 cudaError_t launch_gelu_forward(T* out, const T* inp, int64_t n, cudaStream_t stream) {
@@ -63,7 +74,8 @@ cudaError_t launch_residual_forward(T* x, const T* branch, int64_t n, cudaStream
 #define DILATRON_INSTANTIATE(T)                                                                     \
   template cudaError_t launch_gelu_forward<T>(T*, const T*, int64_t, cudaStream_t);                 \
   template cudaError_t launch_gelu_backward<T>(T*, const T*, const T*, int64_t, cudaStream_t);      \
-  template cudaError_t launch_residual_forward<T>(T*, const T*, int64_t, cudaStream_t);
+  template cudaError_t launch_residual_forward<T>(T*, const T*, int64_t, cudaStream_t);               \
+  template cudaError_t launch_convert_from_float<T>(T*, const float*, int64_t, cudaStream_t);
 DILATRON_INSTANTIATE(float)
 DILATRON_INSTANTIATE(__nv_bfloat16)
 #undef DILATRON_INSTANTIATE

@@ -51,6 +51,13 @@ void rmsnorm_backward(T* dinp, float* dweight, const T* dout, const T* inp, cons
 }
 
 template <typename T>
+void convert_from_float(T* out, const float* inp, int64_t n, cudaStream_t stream) {
+  DILATRON_CHECK(n >= 0, "negative size {}", n);
+  if (n == 0) return;
+  DILATRON_CUDA_CHECK(detail::launch_convert_from_float(out, inp, n, stream));
+}
+
+template <typename T>
 void gelu_forward(T* out, const T* inp, int64_t n, cudaStream_t stream) {
   DILATRON_CHECK(n >= 0, "negative size {}", n);
   if (n == 0) return;
@@ -135,6 +142,7 @@ void rotary_backward(T* dx, int B, int Tc, int H, int D, int pos0, double theta,
   template void rmsnorm_forward<T>(T*, float*, const T*, const T*, int64_t, int, cudaStream_t);                  \
   template void rmsnorm_backward<T>(T*, float*, const T*, const T*, const T*, const float*, int64_t, int,         \
                                     cudaStream_t);                                                               \
+  template void convert_from_float<T>(T*, const float*, int64_t, cudaStream_t);                                  \
   template void gelu_forward<T>(T*, const T*, int64_t, cudaStream_t);                                            \
   template void gelu_backward<T>(T*, const T*, const T*, int64_t, cudaStream_t);                                 \
   template void residual_forward<T>(T*, const T*, int64_t, cudaStream_t);                                        \

@@ -34,6 +34,10 @@ void gelu_forward(T* out, const T* inp, int64_t n, cudaStream_t stream);
 template <typename T>
 void gelu_backward(T* dinp, const T* inp, const T* dout, int64_t n, cudaStream_t stream);
 
+// out (n) = inp rounded to T (nearest even for bf16): the compute copy of fp32 master weights.
+template <typename T>
+void convert_from_float(T* out, const float* inp, int64_t n, cudaStream_t stream);
+
 // x += branch; its backward is the identity (see model/residual.h).
 template <typename T>
 void residual_forward(T* x, const T* branch, int64_t n, cudaStream_t stream);

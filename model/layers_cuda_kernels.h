@@ -26,6 +26,8 @@ cudaError_t launch_rmsnorm_backward(T* dinp, float* dweight, const T* dout, cons
                                     const float* rstd, int64_t N, int C, cudaStream_t stream);
 
 template <typename T>
+cudaError_t launch_convert_from_float(T* out, const float* inp, int64_t n, cudaStream_t stream);
+template <typename T>
 cudaError_t launch_gelu_forward(T* out, const T* inp, int64_t n, cudaStream_t stream);
 template <typename T>
 cudaError_t launch_gelu_backward(T* dinp, const T* inp, const T* dout, int64_t n, cudaStream_t stream);

@@ -157,14 +157,14 @@ void forward(T* out, const T* inp, const T* weight, const T* bias, int64_t N, in
 
 template <typename T>
 void backward(T* dinp, float* dweight, float* dbias, const T* dout, const T* inp, const T* weight, int64_t N,
-              int IC, int OC, MatmulContext& ctx, cudaStream_t stream) {
+              int IC, int OC, MatmulContext& ctx, cudaStream_t stream, DinpRule rule) {
   check_shape(N, IC, OC);
   if (N == 0) return;
   const auto n = static_cast<uint64_t>(N);
   const cudaDataType_t t = data_type<T>();
-  // dinp^T (IC, N) = (W as (IC, OC)) . (dout as (OC, N)).
+  // dinp^T (IC, N) = (W as (IC, OC)) . (dout as (OC, N)) [+ dinp^T].
   lt_matmul({weight, t, uint64_t(IC), uint64_t(OC), IC}, false, {dout, t, uint64_t(OC), n, OC}, false, dinp,
-            {dinp, t, uint64_t(IC), n, IC}, 0.0f, nullptr, ctx, stream);
+            {dinp, t, uint64_t(IC), n, IC}, rule == DinpRule::accumulate ? 1.0f : 0.0f, nullptr, ctx, stream);
   // dW^T (IC, OC) += (inp as (IC, N)) . (dout as (OC, N))^T, in fp32.
   lt_matmul({inp, t, uint64_t(IC), n, IC}, false, {dout, t, uint64_t(OC), n, OC}, true, dweight,
             {dweight, CUDA_R_32F, uint64_t(IC), uint64_t(OC), IC}, 1.0f, nullptr, ctx, stream);
@@ -182,12 +182,14 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
   forward(out, inp, weight, bias, N, IC, OC, ctx, stream);
 }
 void matmul_backward(bf16* dinp, float* dweight, float* dbias, const bf16* dout, const bf16* inp,
-                     const bf16* weight, int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream) {
-  backward(dinp, dweight, dbias, dout, inp, weight, N, IC, OC, ctx, stream);
+                     const bf16* weight, int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream,
+                     DinpRule rule) {
+  backward(dinp, dweight, dbias, dout, inp, weight, N, IC, OC, ctx, stream, rule);
 }
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream) {
-  backward(dinp, dweight, dbias, dout, inp, weight, N, IC, OC, ctx, stream);
+                     const float* weight, int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream,
+                     DinpRule rule) {
+  backward(dinp, dweight, dbias, dout, inp, weight, N, IC, OC, ctx, stream, rule);
 }
 
 }  // namespace dilatron

@@ -3,9 +3,10 @@
 // Products accumulate in fp32 (CUBLAS_COMPUTE_32F, no TF32) for both the bf16 and fp32 overloads;
 // the bias is added in the cuBLASLt epilogue. All pointers are device pointers.
 //
-// Gradient rule, which differs from the CPU version in one place: dinp is WRITTEN (the model
-// never needs to add into it), while dweight and dbias are fp32 and ACCUMULATED (+=), as on the
-// CPU. dbias may be null (no bias).
+// Gradient rule, which differs from the CPU version in one place: dinp is WRITTEN by default
+// (DinpRule::accumulate adds into it, in the GEMM itself, for the three q/k/v products that share
+// one input), while dweight and dbias are fp32 and ACCUMULATED (+=), as on the CPU. dbias may be
+// null (no bias).
 //
 // Alignment: any element-aligned pointer works: the alignment each pointer actually has is passed
 // to the cuBLASLt heuristic, which then picks only kernels that can handle it. Two checks throw
@@ -50,12 +51,16 @@ void matmul_forward(bf16* out, const bf16* inp, const bf16* weight, const bf16* 
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N, int IC,
                     int OC, MatmulContext& ctx, cudaStream_t stream);
 
-// dinp (N, IC) = dout . weight; dweight (OC, IC) += dout^T . inp; dbias (OC) += column sums of
+enum class DinpRule { write, accumulate };
+
+// dinp (N, IC) = (or +=) dout . weight; dweight (OC, IC) += dout^T . inp; dbias (OC) += column sums of
 // dout (N, OC).
 void matmul_backward(bf16* dinp, float* dweight, float* dbias, const bf16* dout, const bf16* inp,
-                     const bf16* weight, int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream);
+                     const bf16* weight, int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream,
+                     DinpRule rule = DinpRule::write);
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream);
+                     const float* weight, int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream,
+                     DinpRule rule = DinpRule::write);
 
 namespace detail {
 // dbias (OC) += sum over rows of dout (N, OC), in fp32; from model/matmul.cu, which cannot
