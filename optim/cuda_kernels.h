@@ -18,6 +18,7 @@ cudaError_t launch_adamw(float* param, const float* grad, float* m, float* v, in
 // sum of x[i]^2 over n > 0 elements into *total (device), using partials (device doubles, count
 // sum_of_squares_partials(n)) as scratch.
 int sum_of_squares_partials(int64_t n);
+cudaError_t launch_scale(float* x, int64_t n, float factor, cudaStream_t stream);
 cudaError_t launch_sum_of_squares(const float* x, int64_t n, double* partials, double* total, cudaStream_t stream);
 
 }  // namespace dilatron::detail

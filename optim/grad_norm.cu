@@ -38,9 +38,21 @@ __global__ void sum_partials_kernel(const double* __restrict__ partials, int cou
   if (threadIdx.x == 0) *out = sum;
 }
 
+__global__ void scale_kernel(float* __restrict__ x, int64_t n, float factor) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * kThreads)
+    x[i] *= factor;
+}
+
 }  // namespace
 
 namespace detail {
+
+cudaError_t launch_scale(float* x, int64_t n, float factor, cudaStream_t stream) {
+  const int64_t wanted = (n + kThreads - 1) / kThreads;
+  scale_kernel<<<static_cast<int>(wanted < 65536 ? wanted : 65536), kThreads, 0, stream>>>(x, n, factor);
+  return cudaGetLastError();
+}
 
 int sum_of_squares_partials(int64_t n) {
   const int64_t wanted = (n + kThreads - 1) / kThreads;

@@ -17,6 +17,8 @@ double sum_of_squares_cpu(const float* x, int64_t n);
 // Device reduction with double accumulators, deterministic for a given n (fixed grid, fixed
 // reduction tree). x is device memory; synchronizes stream to return the host value.
 double sum_of_squares_cuda(const float* x, int64_t n, cudaStream_t stream);
+// x *= factor on the device (clipping), queued on stream.
+void scale_cuda(float* x, int64_t n, float factor, cudaStream_t stream);
 #endif
 
 // min(1, max_norm / (global_norm + 1e-6)); max_norm <= 0 turns clipping off (returns 1).

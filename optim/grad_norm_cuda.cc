@@ -1,4 +1,4 @@
-// Host side of the CUDA sum of squares: scratch memory, the copy back and error reporting.
+// Host side of the CUDA sum of squares and scaling: scratch memory, the copy back and error reporting.
 #ifdef DILATRON_CUDA
 #include "core/check.h"
 #include "core/cuda_check.h"
@@ -23,6 +23,12 @@ double sum_of_squares_cuda(const float* x, int64_t n, cudaStream_t stream) {
   DILATRON_CUDA_CHECK(copied);
   DILATRON_CUDA_CHECK(cudaStreamSynchronize(stream));
   return total;
+}
+
+void scale_cuda(float* x, int64_t n, float factor, cudaStream_t stream) {
+  DILATRON_CHECK(n >= 0, "negative size {}", n);
+  if (n == 0) return;
+  DILATRON_CUDA_CHECK(detail::launch_scale(x, n, factor, stream));
 }
 
 }  // namespace dilatron

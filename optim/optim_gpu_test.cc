@@ -131,6 +131,18 @@ TEST_CASE("sum_of_squares_cuda matches sum_of_squares_cpu") {
   }
 }
 
+TEST_CASE("scale_cuda multiplies every element and nothing past n") {
+  for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{(1 << 20) + 3}}) {
+    std::vector<float> x = random_normals(31, static_cast<uint64_t>(n), n, 1.0);
+    DeviceArray dx(x);
+    scale_cuda(dx.ptr, n, 0.37f, nullptr);
+    for (float& e : x) e *= 0.37f;
+    DILATRON_CUDA_CHECK(cudaDeviceSynchronize());
+    INFO("n = ", n);
+    CHECK(max_relative_error(dx.download(), x) == 0.0);  // one fp32 multiply each, as on the CPU
+  }
+}
+
 TEST_CASE("timing: AdamW and sum of squares at n = 64M") {
   const int64_t n = int64_t{64} << 20;
   const std::vector<float> p = random_normals(9, 1, n, 1.0), g = random_normals(9, 2, n, 0.01);
