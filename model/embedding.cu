@@ -24,13 +24,21 @@ __global__ void token_embedding_forward_kernel(T* __restrict__ out, const int32_
   }
 }
 
+// Block (x, y): distinct token x of the buckets, channels y * blockDim.x + threadIdx.x. Each sum
+// runs over the token's positions in increasing order, so the result is bitwise reproducible.
 template <typename T>
 __global__ void token_embedding_backward_kernel(float* __restrict__ dwte, const T* __restrict__ dout,
-                                                const int32_t* __restrict__ tokens, int64_t N, int C) {
-  for (int64_t i = gpu::global_thread(); i < N * C; i += gpu::grid_threads()) {
-    const int c = static_cast<int>(i % C);
-    atomicAdd(dwte + static_cast<int64_t>(tokens[i / C]) * C + c, to_float(dout[i]));
-  }
+                                                const int32_t* __restrict__ buckets, int32_t num_buckets, int C) {
+  const int c = blockIdx.y * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const int32_t* bucket_token = buckets;
+  const int32_t* bucket_begin = buckets + num_buckets;
+  const int32_t* positions = bucket_begin + num_buckets + 1;
+  const int32_t b = blockIdx.x;
+  float sum = 0;
+  for (int32_t i = bucket_begin[b]; i < bucket_begin[b + 1]; ++i)
+    sum += to_float(dout[static_cast<int64_t>(positions[i]) * C + c]);
+  dwte[static_cast<int64_t>(bucket_token[b]) * C + c] += sum;
 }
 
 // x (B, Tc, C) += wpe[pos0 + t].
@@ -68,10 +76,10 @@ cudaError_t launch_token_embedding_forward(T* out, const int32_t* tokens, const 
 }
 
 template <typename T>
-cudaError_t launch_token_embedding_backward(float* dwte, const T* dout, const int32_t* tokens, int64_t N, int C,
-                                            cudaStream_t stream) {
-  token_embedding_backward_kernel<T><<<gpu::blocks_for(N * C, gpu::kThreads), gpu::kThreads, 0, stream>>>(
-      dwte, dout, tokens, N, C);
+cudaError_t launch_token_embedding_backward(float* dwte, const T* dout, const int32_t* buckets, int32_t num_buckets,
+                                            int C, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(num_buckets), static_cast<unsigned>((C + gpu::kThreads - 1) / gpu::kThreads));
+  token_embedding_backward_kernel<T><<<grid, gpu::kThreads, 0, stream>>>(dwte, dout, buckets, num_buckets, C);
   return cudaGetLastError();
 }
 
@@ -96,7 +104,7 @@ cudaError_t launch_position_embedding_backward(float* dwpe, const T* dx, int B, 
 #define DILATRON_INSTANTIATE(T)                                                                                  \
   template cudaError_t launch_token_embedding_forward<T>(T*, const int32_t*, const T*, int64_t, int, int,        \
                                                          cudaStream_t);                                          \
-  template cudaError_t launch_token_embedding_backward<T>(float*, const T*, const int32_t*, int64_t, int,        \
+  template cudaError_t launch_token_embedding_backward<T>(float*, const T*, const int32_t*, int32_t, int,        \
                                                           cudaStream_t);                                         \
   template cudaError_t launch_position_embedding_forward<T>(T*, const T*, int, int, int, int, cudaStream_t);     \
   template cudaError_t launch_position_embedding_backward<T>(float*, const T*, int, int, int, int, cudaStream_t);

@@ -87,12 +87,37 @@ void token_embedding_forward(T* out, const int32_t* tokens, const T* wte, int64_
   DILATRON_CUDA_CHECK(detail::launch_token_embedding_forward(out, tokens, wte, N, C, V, stream));
 }
 
+int32_t token_buckets(const int32_t* tokens, int64_t N, int V, std::vector<int32_t>& layout) {
+  DILATRON_CHECK(N >= 0 && N < (int64_t{1} << 31) && V > 0, "bad shape N = {}, V = {}", N, V);
+  std::vector<int32_t> count(static_cast<size_t>(V) + 1, 0);
+  for (int64_t i = 0; i < N; ++i) {
+    DILATRON_CHECK(tokens[i] >= 0 && tokens[i] < V, "token {} at position {} is outside [0, {})", tokens[i], i, V);
+    ++count[static_cast<size_t>(tokens[i]) + 1];
+  }
+  int32_t distinct = 0;
+  for (int v = 0; v < V; ++v) distinct += count[static_cast<size_t>(v) + 1] > 0;
+  for (int v = 0; v < V; ++v) count[static_cast<size_t>(v) + 1] += count[static_cast<size_t>(v)];  // starts
+  layout.assign(static_cast<size_t>(2 * distinct + 1 + N), 0);
+  int32_t* bucket_token = layout.data();
+  int32_t* bucket_begin = bucket_token + distinct;
+  int32_t* positions = bucket_begin + distinct + 1;
+  int32_t b = 0;
+  for (int v = 0; v < V; ++v) {
+    if (count[static_cast<size_t>(v) + 1] == count[static_cast<size_t>(v)]) continue;
+    bucket_token[b] = v;
+    bucket_begin[b++] = count[static_cast<size_t>(v)];
+  }
+  bucket_begin[distinct] = static_cast<int32_t>(N);
+  for (int64_t i = 0; i < N; ++i) positions[count[static_cast<size_t>(tokens[i])]++] = static_cast<int32_t>(i);
+  return distinct;
+}
+
 template <typename T>
-void token_embedding_backward(float* dwte, const T* dout, const int32_t* tokens, int64_t N, int C,
+void token_embedding_backward(float* dwte, const T* dout, const int32_t* buckets, int32_t num_buckets, int C,
                               cudaStream_t stream) {
-  check_rows(N, C);
-  if (N == 0) return;
-  DILATRON_CUDA_CHECK(detail::launch_token_embedding_backward(dwte, dout, tokens, N, C, stream));
+  check_rows(num_buckets, C);
+  if (num_buckets == 0) return;
+  DILATRON_CUDA_CHECK(detail::launch_token_embedding_backward(dwte, dout, buckets, num_buckets, C, stream));
 }
 
 template <typename T>
@@ -147,7 +172,7 @@ void rotary_backward(T* dx, int B, int Tc, int H, int D, int pos0, double theta,
   template void gelu_backward<T>(T*, const T*, const T*, int64_t, cudaStream_t);                                 \
   template void residual_forward<T>(T*, const T*, int64_t, cudaStream_t);                                        \
   template void token_embedding_forward<T>(T*, const int32_t*, const T*, int64_t, int, int, cudaStream_t);       \
-  template void token_embedding_backward<T>(float*, const T*, const int32_t*, int64_t, int, cudaStream_t);       \
+  template void token_embedding_backward<T>(float*, const T*, const int32_t*, int32_t, int, cudaStream_t);       \
   template void position_embedding_forward<T>(T*, const T*, int, int, int, int, cudaStream_t);                   \
   template void position_embedding_backward<T>(float*, const T*, int, int, int, int, cudaStream_t);              \
   template void rotary_forward<T>(T*, int, int, int, int, int, double, cudaStream_t);                            \

@@ -4,7 +4,7 @@
 // compute); arithmetic is fp32, mean/rstd are fp32, parameter gradients (dweight, dbias,
 // dwte, dwpe) accumulate in fp32, activation gradients are T. Kernels are queued on the stream;
 // sizes are checked on the host (dilatron::Error), launch failures surface as dilatron::Error.
-// Determinism: norm parameter grads and dwpe are summed in a fixed order; dwte uses atomics.
+// Determinism: every parameter gradient is summed in a fixed order (no atomics).
 #pragma once
 
 #ifdef DILATRON_CUDA
@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace dilatron {
 
@@ -47,9 +48,17 @@ void residual_forward(T* x, const T* branch, int64_t n, cudaStream_t stream);
 template <typename T>
 void token_embedding_forward(T* out, const int32_t* tokens, const T* wte, int64_t N, int C, int V,
                              cudaStream_t stream);
-// dwte (V, C) fp32 += dout (N, C) scattered by token, with atomics (not bitwise reproducible).
+// The N positions grouped by token, for a reproducible embedding backward: built on the host
+// (where the tokens come from) by a counting sort, then copied to the device beside the tokens.
+// layout := [token of each bucket (U), bucket starts (U + 1), positions (N)] for the U distinct
+// tokens in increasing order, positions increasing within a bucket; returns U. Throws for a
+// token outside [0, V).
+int32_t token_buckets(const int32_t* tokens, int64_t N, int V, std::vector<int32_t>& layout);
+// dwte (V, C) fp32 += dout (N, C) summed per token over its positions in order: no atomics, so
+// bitwise reproducible (resume and rank-count parity depend on it). buckets: device copy of
+// token_buckets' layout.
 template <typename T>
-void token_embedding_backward(float* dwte, const T* dout, const int32_t* tokens, int64_t N, int C,
+void token_embedding_backward(float* dwte, const T* dout, const int32_t* buckets, int32_t num_buckets, int C,
                               cudaStream_t stream);
 // x (B, Tc, C) += wpe[pos0 + t]: the caller checks pos0 + Tc <= T_max.
 template <typename T>

@@ -38,8 +38,8 @@ template <typename T>
 cudaError_t launch_token_embedding_forward(T* out, const int32_t* tokens, const T* wte, int64_t N, int C, int V,
                                            cudaStream_t stream);
 template <typename T>
-cudaError_t launch_token_embedding_backward(float* dwte, const T* dout, const int32_t* tokens, int64_t N, int C,
-                                            cudaStream_t stream);
+cudaError_t launch_token_embedding_backward(float* dwte, const T* dout, const int32_t* buckets, int32_t num_buckets,
+                                            int C, cudaStream_t stream);
 template <typename T>
 cudaError_t launch_position_embedding_forward(T* x, const T* wpe, int B, int Tc, int C, int pos0,
                                               cudaStream_t stream);
