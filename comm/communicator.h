@@ -1,10 +1,11 @@
 // The communicator: the seam between algorithms (ring attention, ZeRO, the trainer) and a
-// transport (MPI here; NCCL behind the same interface later). Every operation has an
-// asynchronous form returning a CommRequest; the plain form waits for it.
+// transport (MPI, NCCL). Every operation has an asynchronous form returning a CommRequest; the
+// plain form waits for it.
 //
-// Buffers are host memory for the MPI implementation (device buffers come with the CUDA
-// work, host-staged). Counts are in elements of `dtype`. An operation a transport cannot do
-// throws an Error saying so; nothing silently does nothing.
+// Buffers are host or device memory; one operation's buffers are all on the host or all on
+// the device. MpiCommunicator takes both (device buffers are staged through pinned host
+// memory); NcclCommunicator takes device buffers only. Counts are in elements of `dtype`. An
+// operation a transport cannot do throws an Error saying so; nothing silently does nothing.
 #pragma once
 
 #include <cstdint>
@@ -13,11 +14,15 @@
 
 #include "core/tensor.h"
 
+// cudaStream_t is CUstream_st*; declared here so the interface compiles without CUDA.
+struct CUstream_st;
+
 namespace dilatron {
 
 enum class ReduceOp { sum, max };
 
-// A pending operation. wait() returns once its buffers may be read or reused. Move-only;
+// A pending operation. wait() returns once its buffers may be read or reused (device buffers:
+// by work queued on the communicator's stream afterwards; see set_stream). Move-only;
 // the destructor waits, so a buffer is never freed under a transfer in flight.
 class CommRequest {
  public:
@@ -69,6 +74,14 @@ class Communicator {
   // Ranks with the same color form a new communicator, ordered by key.
   virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& name) const = 0;
 
+  // Device buffers (CUDA builds): an operation sees all work queued on this stream before the
+  // call, and after its CommRequest's wait() returns, work queued on this stream afterwards sees
+  // the result (wait() may return before the transfer is done on the device: the stream, not
+  // the host, is what waits). Default: the legacy default stream (nullptr). Host buffers ignore
+  // it. split() children inherit it.
+  virtual void set_stream(CUstream_st* stream) { stream_ = stream; }
+  CUstream_st* stream() const { return stream_; }
+
   void all_reduce(void* buf, int64_t count, DType dtype, ReduceOp op) { all_reduce_async(buf, count, dtype, op).wait(); }
   void all_gather(const void* send, void* recv, int64_t count, DType dtype) {
     all_gather_async(send, recv, count, dtype).wait();
@@ -85,6 +98,9 @@ class Communicator {
                  int tag) {
     send_recv_async(send, send_count, dst, recv, recv_count, src, dtype, tag).wait();
   }
+
+ private:
+  CUstream_st* stream_ = nullptr;
 };
 
 }  // namespace dilatron

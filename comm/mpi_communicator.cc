@@ -76,7 +76,11 @@ MPI_Op mpi_op(ReduceOp op, DType dtype) {
 
 }  // namespace
 
-MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name) : comm_(comm), name_(std::move(name)) {
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name)
+    : MpiCommunicator(comm, std::move(name), make_staging_pool()) {}
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name, std::shared_ptr<StagingPool> staging_pool)
+    : comm_(comm), name_(std::move(name)), staging_pool_(std::move(staging_pool)) {
   DILATRON_CHECK(MpiRuntime::active(), "communicator '{}' needs a live MpiRuntime", name_);
   DILATRON_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
   DILATRON_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
@@ -100,77 +104,120 @@ void MpiCommunicator::check_peer(int peer, const char* role) const {
   DILATRON_CHECK(peer >= 0 && peer < size_, "communicator '{}': {} {} is not a rank of {}", name_, role, peer, size_);
 }
 
+HostStaging MpiCommunicator::stage(const char* op, std::initializer_list<BufferSpan> buffers) const {
+  return HostStaging(fmt::format("communicator '{}': {}", name_, op), buffers, staging_pool_, stream());
+}
+
+// Each operation validates its counts, stages its buffers (a no-op for host buffers) and posts
+// the non-blocking MPI call on the host view.
+
 CommRequest MpiCommunicator::all_reduce_async(void* buf, int64_t count, DType dtype, ReduceOp op) {
+  const int n = checked_count(count);
+  const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
+  HostStaging staging = stage("all_reduce", {{buf, bytes}});
+  void* host = staging.in_out(buf, bytes);
   MPI_Request request;
-  DILATRON_MPI_CHECK(
-      MPI_Iallreduce(MPI_IN_PLACE, buf, checked_count(count), mpi_type(dtype), mpi_op(op, dtype), comm_, &request));
-  return pending({request});
+  DILATRON_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, host, n, mpi_type(dtype), mpi_op(op, dtype), comm_, &request));
+  return std::move(staging).finish(pending({request}));
 }
 
 CommRequest MpiCommunicator::all_gather_async(const void* send, void* recv, int64_t count, DType dtype) {
-  int n = checked_count(count);
+  const int n = checked_count(count);
   checked_count(count * size_);  // OpenMPI indexes the receive buffer with int displacements
+  const size_t send_bytes = static_cast<size_t>(n) * dtype_size(dtype), recv_bytes = send_bytes * size_;
+  HostStaging staging = stage("all_gather", {{send, send_bytes}, {recv, recv_bytes}});
+  const void* host_send = staging.input(send, send_bytes);
+  void* host_recv = staging.output(recv, recv_bytes);
   MPI_Request request;
-  DILATRON_MPI_CHECK(MPI_Iallgather(send, n, mpi_type(dtype), recv, n, mpi_type(dtype), comm_, &request));
-  return pending({request});
+  DILATRON_MPI_CHECK(MPI_Iallgather(host_send, n, mpi_type(dtype), host_recv, n, mpi_type(dtype), comm_, &request));
+  return std::move(staging).finish(pending({request}));
 }
 
 CommRequest MpiCommunicator::reduce_scatter_async(const void* send, void* recv, int64_t count, DType dtype,
                                                   ReduceOp op) {
-  int n = checked_count(count);
+  const int n = checked_count(count);
   checked_count(count * size_);
+  const size_t recv_bytes = static_cast<size_t>(n) * dtype_size(dtype), send_bytes = recv_bytes * size_;
+  HostStaging staging = stage("reduce_scatter", {{send, send_bytes}, {recv, recv_bytes}});
+  const void* host_send = staging.input(send, send_bytes);
+  void* host_recv = staging.output(recv, recv_bytes);
   MPI_Request request;
   DILATRON_MPI_CHECK(
-      MPI_Ireduce_scatter_block(send, recv, n, mpi_type(dtype), mpi_op(op, dtype), comm_, &request));
-  return pending({request});
+      MPI_Ireduce_scatter_block(host_send, host_recv, n, mpi_type(dtype), mpi_op(op, dtype), comm_, &request));
+  return std::move(staging).finish(pending({request}));
 }
 
 CommRequest MpiCommunicator::broadcast_async(void* buf, int64_t count, DType dtype, int root) {
   check_peer(root, "root");
+  const int n = checked_count(count);
+  const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
+  HostStaging staging = stage("broadcast", {{buf, bytes}});
+  // The root's buffer is read, the others' written; the root's copy back rewrites what it had.
+  void* host = rank_ == root ? staging.in_out(buf, bytes) : staging.output(buf, bytes);
   MPI_Request request;
-  DILATRON_MPI_CHECK(MPI_Ibcast(buf, checked_count(count), mpi_type(dtype), root, comm_, &request));
-  return pending({request});
+  DILATRON_MPI_CHECK(MPI_Ibcast(host, n, mpi_type(dtype), root, comm_, &request));
+  return std::move(staging).finish(pending({request}));
 }
 
 CommRequest MpiCommunicator::send_async(const void* buf, int64_t count, DType dtype, int peer, int tag) {
   check_peer(peer, "destination");
+  const int n = checked_count(count);
+  const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
+  HostStaging staging = stage("send", {{buf, bytes}});
+  const void* host = staging.input(buf, bytes);
   MPI_Request request;
-  DILATRON_MPI_CHECK(MPI_Isend(buf, checked_count(count), mpi_type(dtype), peer, tag, comm_, &request));
-  return pending({request});
+  DILATRON_MPI_CHECK(MPI_Isend(host, n, mpi_type(dtype), peer, tag, comm_, &request));
+  return std::move(staging).finish(pending({request}));
 }
 
 CommRequest MpiCommunicator::recv_async(void* buf, int64_t count, DType dtype, int peer, int tag) {
   check_peer(peer, "source");
+  const int n = checked_count(count);
+  const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
+  HostStaging staging = stage("recv", {{buf, bytes}});
+  void* host = staging.output(buf, bytes);
   MPI_Request request;
-  DILATRON_MPI_CHECK(MPI_Irecv(buf, checked_count(count), mpi_type(dtype), peer, tag, comm_, &request));
-  return pending({request});
+  DILATRON_MPI_CHECK(MPI_Irecv(host, n, mpi_type(dtype), peer, tag, comm_, &request));
+  return std::move(staging).finish(pending({request}));
 }
 
 CommRequest MpiCommunicator::send_recv_async(const void* send, int64_t send_count, int dst, void* recv,
                                              int64_t recv_count, int src, DType dtype, int tag) {
   check_peer(dst, "destination");
   check_peer(src, "source");
-  int n_send = checked_count(send_count), n_recv = checked_count(recv_count);
+  const int n_send = checked_count(send_count), n_recv = checked_count(recv_count);
+  const size_t send_bytes = static_cast<size_t>(n_send) * dtype_size(dtype);
+  const size_t recv_bytes = static_cast<size_t>(n_recv) * dtype_size(dtype);
+  HostStaging staging = stage("send_recv", {{send, send_bytes}, {recv, recv_bytes}});
+  const void* host_send = staging.input(send, send_bytes);
+  void* host_recv = staging.output(recv, recv_bytes);
   // Both posted before either is waited on, so no order of calls across ranks can deadlock.
   std::vector<MPI_Request> requests(2);
-  DILATRON_MPI_CHECK(MPI_Irecv(recv, n_recv, mpi_type(dtype), src, tag, comm_, &requests[0]));
+  DILATRON_MPI_CHECK(MPI_Irecv(host_recv, n_recv, mpi_type(dtype), src, tag, comm_, &requests[0]));
   try {
-    DILATRON_MPI_CHECK(MPI_Isend(send, n_send, mpi_type(dtype), dst, tag, comm_, &requests[1]));
+    DILATRON_MPI_CHECK(MPI_Isend(host_send, n_send, mpi_type(dtype), dst, tag, comm_, &requests[1]));
   } catch (const Error&) {
     MPI_Cancel(&requests[0]);
     MPI_Request_free(&requests[0]);
     throw;
   }
-  return pending(std::move(requests));
+  return std::move(staging).finish(pending(std::move(requests)));
 }
 
 void MpiCommunicator::barrier() { DILATRON_MPI_CHECK(MPI_Barrier(comm_)); }
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key, const std::string& name) const {
+  return split_mpi(color, key, name);
+}
+
+std::unique_ptr<MpiCommunicator> MpiCommunicator::split_mpi(int color, int key, const std::string& name) const {
   DILATRON_CHECK(color >= 0, "communicator '{}': split color {} must be >= 0", name_, color);
   MPI_Comm part;
   DILATRON_MPI_CHECK(MPI_Comm_split(comm_, color, key, &part));
-  return std::make_unique<MpiCommunicator>(part, name);
+  // The private constructor: the child shares this communicator's staging pool.
+  std::unique_ptr<MpiCommunicator> child(new MpiCommunicator(part, name, staging_pool_));
+  child->set_stream(stream());
+  return child;
 }
 
 std::unique_ptr<Communicator> mpi_world_communicator() {

@@ -8,6 +8,10 @@
 // two ranks depends on the order MPI combines them in; reduce in f32 where that matters.
 //
 // Counts are int in OpenMPI 4.1 (no MPI-4 large-count calls): a count above INT_MAX throws.
+//
+// Device buffers (CUDA builds) are staged through pinned host memory (comm/device_staging.h):
+// the stream set by set_stream is synchronised before the MPI call, and the results are copied
+// back on it when the request completes. Communicators split from one share one staging pool.
 #pragma once
 
 #include <mpi.h>
@@ -16,6 +20,7 @@
 #include <string>
 
 #include "comm/communicator.h"
+#include "comm/device_staging.h"
 #include "comm/mpi_runtime.h"
 #include "comm/process_groups.h"
 
@@ -47,14 +52,21 @@ class MpiCommunicator final : public Communicator {
 
   // MPI_Comm_split; collective over this communicator.
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) const override;
+  // The same, typed: for transports bootstrapped over MPI (NcclCommunicator).
+  std::unique_ptr<MpiCommunicator> split_mpi(int color, int key, const std::string& name) const;
 
  private:
+  MpiCommunicator(MPI_Comm comm, std::string name, std::shared_ptr<StagingPool> staging_pool);
+
   int checked_count(int64_t count) const;
   void check_peer(int peer, const char* role) const;
+  // The host view of one operation's buffers; `op` names it in errors.
+  HostStaging stage(const char* op, std::initializer_list<BufferSpan> buffers) const;
 
   MPI_Comm comm_;
   std::string name_;
   int rank_ = 0, size_ = 1;
+  std::shared_ptr<StagingPool> staging_pool_;
 };
 
 // A duplicate of MPI_COMM_WORLD named "world"; collective over all ranks.
