@@ -1,0 +1,433 @@
+#include "model/gpt_cuda.h"
+
+#ifdef DILATRON_CUDA
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <unordered_map>
+
+#include "attention/dilated_spec.h"
+#include "core/check.h"
+#include "core/cuda_check.h"
+#include "model/cross_entropy_cuda.h"
+#include "model/layers_cuda.h"
+
+namespace dilatron {
+namespace {
+
+// The layer kernels (model/layers_cuda.h) take CUDA's own bf16 type; the model, the matmuls and
+// the attention take dilatron::bf16, the same 16 bits.
+template <typename T>
+struct Kernel {
+  using type = T;
+};
+template <>
+struct Kernel<bf16> {
+  using type = __nv_bfloat16;
+};
+template <typename T>
+typename Kernel<T>::type* k(T* p) {
+  return reinterpret_cast<typename Kernel<T>::type*>(p);
+}
+template <typename T>
+const typename Kernel<T>::type* k(const T* p) {
+  return reinterpret_cast<const typename Kernel<T>::type*>(p);
+}
+
+// Hands out consecutive 256-byte-aligned pieces of a byte arena; with a null base it only counts,
+// so one carving function both sizes and fills the arena (as the CPU model's ArenaCarver).
+class ByteCarver {
+ public:
+  explicit ByteCarver(std::byte* base) : base_(base) {}
+  template <typename P>
+  P* take(int64_t n) {
+    P* piece = base_ ? reinterpret_cast<P*>(base_ + used_) : nullptr;
+    used_ += (n * static_cast<int64_t>(sizeof(P)) + 255) / 256 * 256;
+    return piece;
+  }
+  int64_t used() const { return used_; }
+
+ private:
+  std::byte* base_;
+  int64_t used_ = 0;
+};
+
+constexpr int64_t kLogitsChunkBytes = int64_t{1} << 30;
+
+}  // namespace
+
+void validate_gpt_shape_for_cuda(const GptShape& s) {
+  validate_gpt_shape(s);
+  // Every tensor of a group then starts 16-byte aligned in the bf16 compute copy, which the
+  // cuBLASLt bias epilogue needs.
+  DILATRON_CHECK_INPUT(s.d_model % 8 == 0 && gpt_ff_width(s) % 8 == 0,
+                       "model.d_model ({}) and model.d_ff ({}) must be multiples of 8 on the GPU", s.d_model,
+                       gpt_ff_width(s));
+  DILATRON_CHECK_INPUT(s.d_model / s.n_heads <= 128, "model: head dimension d_model / n_heads = {} is above 128, "
+                       "the most the GPU attention kernel takes", s.d_model / s.n_heads);
+}
+
+template <typename T>
+GptCuda<T>::GptCuda(const GptShape& shape, int max_batch, ParameterSource<float>& params,
+                    DeviceSequenceAttention<T>* attention, cudaStream_t stream, int64_t logits_chunk_rows)
+    : shape_(shape),
+      max_batch_(max_batch),
+      source_(params),
+      attention_(attention),
+      stream_(stream),
+      specs_(gpt_param_specs(shape)) {
+  validate_gpt_shape_for_cuda(shape);
+  DILATRON_CHECK_INPUT(max_batch > 0, "max_batch must be positive, got {}", max_batch);
+  const int L = shape.n_layers, C = shape.d_model, F = gpt_ff_width(shape), V = shape.vocab_size;
+  if (attention_ == nullptr) {
+    owned_attention_ =
+        make_dilated_attention_cuda<T>(dense_as_dilated(shape.seq_len, true), max_batch, shape.seq_len,
+                                       shape.n_heads, C / shape.n_heads);
+    attention_ = owned_attention_.get();
+  }
+
+  std::vector<int64_t> group_begin(L + 2, -1);
+  group_numel_.assign(L + 2, 0);
+  for (const ParamSpec& p : specs_) {
+    if (group_begin[p.group] < 0) group_begin[p.group] = p.offset;
+    group_numel_[p.group] += p.numel;
+  }
+  std::unordered_map<std::string, int64_t> offset_of;
+  for (const ParamSpec& p : specs_) offset_of[p.name] = p.offset - group_begin[p.group];
+  auto find = [&](const std::string& name) {
+    auto it = offset_of.find(name);
+    return it == offset_of.end() ? int64_t{-1} : it->second;
+  };
+  wte_ = find("wte");
+  wpe_ = find("wpe");
+  lnf_w_ = find("ln_f.weight");
+  lnf_b_ = find("ln_f.bias");
+  for (int l = 0; l < L; ++l) {
+    const std::string p = "blocks." + std::to_string(l) + ".";
+    block_offsets_.push_back({find(p + "ln1.weight"), find(p + "ln1.bias"), find(p + "attn.qkv.weight"),
+                              find(p + "attn.qkv.bias"), find(p + "attn.proj.weight"), find(p + "attn.proj.bias"),
+                              find(p + "ln2.weight"), find(p + "ln2.bias"), find(p + "mlp.fc.weight"),
+                              find(p + "mlp.fc.bias"), find(p + "mlp.proj.weight"), find(p + "mlp.proj.bias")});
+  }
+
+  const int64_t N = static_cast<int64_t>(max_batch) * shape.seq_len;
+  const int64_t H = shape.n_heads;
+  chunk_rows_ = logits_chunk_rows > 0 ? logits_chunk_rows
+                                      : std::max<int64_t>(1, kLogitsChunkBytes / (V * static_cast<int64_t>(sizeof(T))));
+  chunk_rows_ = std::min(chunk_rows_, N);
+  const int64_t largest_block_group =
+      *std::max_element(group_numel_.begin() + 1, group_numel_.end());
+  const bool copies = std::is_same_v<T, bf16>;  // fp32 compute reads the master weights directly
+  const int n_saved_blocks = shape.recompute ? 1 : L;
+  auto carve = [&](ByteCarver& a) {
+    group0_copy_ = copies ? a.take<T>(group_numel_[0]) : nullptr;
+    group_copy_ = copies ? a.take<T>(largest_block_group) : nullptr;
+    residual_.clear();
+    for (int l = 0; l <= L; ++l) residual_.push_back(a.take<T>(N * C));
+    blocks_.clear();
+    for (int l = 0; l < n_saved_blocks; ++l) {
+      BlockActivations b;
+      b.ln1 = a.take<T>(N * C);
+      b.ln1_mean = a.take<float>(N);
+      b.ln1_rstd = a.take<float>(N);
+      b.q = a.take<T>(N * C);
+      b.k = a.take<T>(N * C);
+      b.v = a.take<T>(N * C);
+      b.att = a.take<T>(N * C);
+      b.lse = a.take<float>(N * H);
+      b.x_mid = a.take<T>(N * C);
+      b.ln2 = a.take<T>(N * C);
+      b.ln2_mean = a.take<float>(N);
+      b.ln2_rstd = a.take<float>(N);
+      b.fc = a.take<T>(N * F);
+      b.fc_gelu = a.take<T>(N * F);
+      blocks_.push_back(b);
+    }
+    lnf_ = a.take<T>(N * C);
+    lnf_mean_ = a.take<float>(N);
+    lnf_rstd_ = a.take<float>(N);
+    logits_ = a.take<T>(chunk_rows_ * V);
+    ce_lse_ = a.take<float>(N);
+    losses_ = a.take<float>(N);
+    d_residual_ = a.take<T>(N * C);
+    d_norm_ = a.take<T>(N * C);
+    dq_ = a.take<T>(N * C);
+    dk_ = a.take<T>(N * C);
+    dv_ = a.take<T>(N * C);
+    d_fc_ = a.take<T>(N * F);
+    d_gelu_ = a.take<T>(N * F);
+    tokens_ = a.take<int32_t>(N);
+    targets_ = a.take<int32_t>(N);
+    buckets_ = a.take<int32_t>(3 * N + 1);
+  };
+  ByteCarver count(nullptr);
+  carve(count);
+  arena_bytes_ = count.used();
+  arena_ = Tensor::empty({arena_bytes_ / 2}, DType::bf16, Device::cuda);  // bytes, as 2-byte elements
+  ByteCarver fill(static_cast<std::byte*>(arena_.raw()));
+  carve(fill);
+  // Poison: all-ones bytes are NaN in fp32 and bf16, so anything read before this step wrote it
+  // shows up in the loss and the tests.
+  DILATRON_CUDA_CHECK(cudaMemset(arena_.raw(), 0xff, static_cast<size_t>(arena_bytes_)));
+  // tokens, targets, losses, token buckets (at most 3 N + 1)
+  host_io_.reserve(static_cast<size_t>(6 * N + 1) * sizeof(int32_t));
+}
+
+template <typename T>
+GptCuda<T>::~GptCuda() = default;
+
+template <typename T>
+void GptCuda<T>::zero(void* p, int64_t bytes) {
+  DILATRON_CUDA_CHECK(cudaMemsetAsync(p, 0, static_cast<size_t>(bytes), stream_));
+}
+
+template <typename T>
+const T* GptCuda<T>::compute_copy(const float* group, int g, T* scratch) {
+  if constexpr (std::is_same_v<T, float>) {
+    (void)g, (void)scratch;
+    return group;
+  } else {
+    convert_from_float(k(scratch), group, group_numel_[g], stream_);
+    return scratch;
+  }
+}
+
+template <typename T>
+template <typename P>
+typename GptCuda<T>::template BlockWeights<P> GptCuda<T>::block_weights(P* group, int layer) const {
+  const BlockOffsets& o = block_offsets_[layer];
+  auto at = [group](int64_t offset) { return offset < 0 ? nullptr : group + offset; };
+  return {at(o.ln1_w), at(o.ln1_b), at(o.qkv_w), at(o.qkv_b), at(o.proj_w),   at(o.proj_b),
+          at(o.ln2_w), at(o.ln2_b), at(o.fc_w),  at(o.fc_b),  at(o.fcproj_w), at(o.fcproj_b)};
+}
+
+template <typename T>
+void GptCuda<T>::norm_forward(T* out, float* mean, float* rstd, const T* inp, const T* w, const T* b) {
+  const int64_t N = static_cast<int64_t>(B_) * Tc_;
+  if (shape_.norm == NormKind::layernorm)
+    layernorm_forward(k(out), mean, rstd, k(inp), k(w), k(b), N, shape_.d_model, stream_);
+  else
+    rmsnorm_forward(k(out), rstd, k(inp), k(w), N, shape_.d_model, stream_);
+}
+
+template <typename T>
+void GptCuda<T>::norm_backward(T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w,
+                               const float* mean, const float* rstd) {
+  const int64_t N = static_cast<int64_t>(B_) * Tc_;
+  if (shape_.norm == NormKind::layernorm)
+    layernorm_backward(k(dinp), dw, db, k(dout), k(inp), k(w), mean, rstd, N, shape_.d_model, stream_);
+  else
+    rmsnorm_backward(k(dinp), dw, k(dout), k(inp), k(w), rstd, N, shape_.d_model, stream_);
+}
+
+template <typename T>
+void GptCuda<T>::block_forward(int layer, const T* weights, const BlockActivations& a, const T* x_in, T* x_out) {
+  const auto w = block_weights(weights, layer);
+  const int64_t N = static_cast<int64_t>(B_) * Tc_;
+  const int C = shape_.d_model, F = gpt_ff_width(shape_), H = shape_.n_heads, D = C / H;
+  const int64_t CC = static_cast<int64_t>(C) * C;
+  norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x_in, w.ln1_w, w.ln1_b);
+  // The (3C, C) qkv weight's row blocks produce q, k, v directly in (B, Tc, H, D) layout.
+  matmul_forward(a.q, a.ln1, w.qkv_w, w.qkv_b, N, C, C, matmul_, stream_);
+  matmul_forward(a.k, a.ln1, w.qkv_w + CC, w.qkv_b + C, N, C, C, matmul_, stream_);
+  matmul_forward(a.v, a.ln1, w.qkv_w + 2 * CC, w.qkv_b + 2 * C, N, C, C, matmul_, stream_);
+  if (shape_.position == PositionKind::rotary) {
+    rotary_forward(k(a.q), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
+    rotary_forward(k(a.k), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
+  }
+  attention_->forward(a.att, a.lse, a.q, a.k, a.v, B_, Tc_, H, D, stream_);
+  matmul_forward(a.x_mid, a.att, w.proj_w, w.proj_b, N, C, C, matmul_, stream_);
+  residual_forward(k(a.x_mid), k(x_in), N * C, stream_);
+  norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.x_mid, w.ln2_w, w.ln2_b);
+  matmul_forward(a.fc, a.ln2, w.fc_w, w.fc_b, N, C, F, matmul_, stream_);
+  gelu_forward(k(a.fc_gelu), k(a.fc), N * F, stream_);
+  if (x_out != nullptr) {
+    matmul_forward(x_out, a.fc_gelu, w.fcproj_w, w.fcproj_b, N, F, C, matmul_, stream_);
+    residual_forward(k(x_out), k(a.x_mid), N * C, stream_);
+  }
+}
+
+template <typename T>
+void GptCuda<T>::block_backward(int layer, const T* weights, float* grads, const BlockActivations& a,
+                                const T* x_in) {
+  const auto w = block_weights(weights, layer);
+  const auto g = block_weights(grads, layer);
+  const int64_t N = static_cast<int64_t>(B_) * Tc_;
+  const int C = shape_.d_model, F = gpt_ff_width(shape_), H = shape_.n_heads, D = C / H;
+  const int64_t NF = N * F, CC = static_cast<int64_t>(C) * C;
+
+  // MLP branch: d_residual_ holds d x_out and also feeds d x_mid through the skip.
+  matmul_backward(d_gelu_, g.fcproj_w, g.fcproj_b, d_residual_, a.fc_gelu, w.fcproj_w, N, F, C, matmul_, stream_);
+  zero(d_fc_, NF * static_cast<int64_t>(sizeof(T)));  // gelu_backward adds
+  gelu_backward(k(d_fc_), k(a.fc), k(d_gelu_), NF, stream_);
+  matmul_backward(d_norm_, g.fc_w, g.fc_b, d_fc_, a.ln2, w.fc_w, N, C, F, matmul_, stream_);
+  norm_backward(d_residual_, g.ln2_w, g.ln2_b, d_norm_, a.x_mid, w.ln2_w, a.ln2_mean, a.ln2_rstd);
+
+  // Attention branch: d_residual_ now holds d x_mid.
+  matmul_backward(d_norm_, g.proj_w, g.proj_b, d_residual_, a.att, w.proj_w, N, C, C, matmul_, stream_);
+  attention_->backward(dq_, dk_, dv_, d_norm_, a.att, a.lse, a.q, a.k, a.v, B_, Tc_, H, D, stream_);
+  if (shape_.position == PositionKind::rotary) {
+    rotary_backward(k(dq_), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
+    rotary_backward(k(dk_), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
+  }
+  matmul_backward(d_norm_, g.qkv_w, g.qkv_b, dq_, a.ln1, w.qkv_w, N, C, C, matmul_, stream_);
+  matmul_backward(d_norm_, g.qkv_w + CC, g.qkv_b + C, dk_, a.ln1, w.qkv_w + CC, N, C, C, matmul_, stream_,
+                  DinpRule::accumulate);
+  matmul_backward(d_norm_, g.qkv_w + 2 * CC, g.qkv_b + 2 * C, dv_, a.ln1, w.qkv_w + 2 * CC, N, C, C, matmul_,
+                  stream_, DinpRule::accumulate);
+  norm_backward(d_residual_, g.ln1_w, g.ln1_b, d_norm_, x_in, w.ln1_w, a.ln1_mean, a.ln1_rstd);
+}
+
+template <typename T>
+void GptCuda<T>::trunk_forward(const int32_t* tokens, const int32_t* targets, int B, int Tc, int pos0) {
+  DILATRON_CHECK(B > 0 && B <= max_batch_, "batch {} outside [1, {}]", B, max_batch_);
+  DILATRON_CHECK(Tc > 0 && Tc <= shape_.seq_len, "sequence length {} outside [1, {}]", Tc, shape_.seq_len);
+  DILATRON_CHECK(pos0 >= 0, "negative start position {}", pos0);
+  DILATRON_CHECK(shape_.position != PositionKind::learned || pos0 + Tc <= shape_.seq_len,
+                 "positions {}..{} exceed the learned position table ({})", pos0, pos0 + Tc - 1, shape_.seq_len);
+  B_ = B, Tc_ = Tc, pos0_ = pos0;
+  has_targets_ = targets != nullptr;
+  const int64_t N = static_cast<int64_t>(B) * Tc;
+  const int C = shape_.d_model, V = shape_.vocab_size, L = shape_.n_layers;
+
+  // Inputs go through pinned memory so the copies are truly asynchronous; the stream is idle
+  // here (the last call synchronised it), so the staging buffer is free.
+  int32_t* staged = host_io_.as<int32_t>();
+  std::copy_n(tokens, N, staged);
+  if (has_targets_) std::copy_n(targets, N, staged + N);
+  DILATRON_CUDA_CHECK(cudaMemcpyAsync(tokens_, staged, N * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  if (has_targets_)
+    DILATRON_CUDA_CHECK(
+        cudaMemcpyAsync(targets_, staged + N, N * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  // The embedding backward's token buckets, built here where the tokens are (checks them too).
+  num_buckets_ = token_buckets(tokens, N, V, bucket_layout_);
+  std::copy(bucket_layout_.begin(), bucket_layout_.end(), staged + 3 * N);
+  DILATRON_CUDA_CHECK(cudaMemcpyAsync(buckets_, staged + 3 * N, bucket_layout_.size() * sizeof(int32_t),
+                                      cudaMemcpyHostToDevice, stream_));
+
+  const float* embeddings = source_.acquire(0);
+  const T* emb = compute_copy(embeddings, 0, group0_copy_);
+  token_embedding_forward(k(residual_[0]), tokens_, k(emb + wte_), N, C, V, stream_);
+  if (shape_.position == PositionKind::learned)
+    position_embedding_forward(k(residual_[0]), k(emb + wpe_), B, Tc, C, pos0, stream_);
+  source_.release(0);
+  for (int l = 0; l < L; ++l) {
+    const T* weights = compute_copy(source_.acquire(l + 1), l + 1, group_copy_);
+    block_forward(l, weights, blocks_[shape_.recompute ? 0 : l], residual_[l], residual_[l + 1]);
+    source_.release(l + 1);
+  }
+  const T* final_norm = compute_copy(source_.acquire(L + 1), L + 1, group_copy_);
+  norm_forward(lnf_, lnf_mean_, lnf_rstd_, residual_[L], final_norm + lnf_w_,
+               lnf_b_ < 0 ? nullptr : final_norm + lnf_b_);
+  source_.release(L + 1);
+}
+
+template <typename T>
+double GptCuda<T>::head(const T* wte, float* dwte, double dloss_weight) {
+  const int64_t N = static_cast<int64_t>(B_) * Tc_;
+  const int C = shape_.d_model, V = shape_.vocab_size;
+  for (int64_t r0 = 0; r0 < N; r0 += chunk_rows_) {
+    const int64_t n = std::min(chunk_rows_, N - r0);
+    matmul_forward(logits_, lnf_ + r0 * C, wte, nullptr, n, C, V, matmul_, stream_);
+    if (!has_targets_) continue;
+    cross_entropy_forward(losses_ + r0, ce_lse_ + r0, logits_, targets_ + r0, n, V, stream_);
+    if (dwte == nullptr) continue;
+    cross_entropy_backward(logits_, logits_, ce_lse_ + r0, targets_ + r0, static_cast<float>(dloss_weight), n, V,
+                           stream_);
+    matmul_backward(d_norm_ + r0 * C, dwte, nullptr, logits_, lnf_ + r0 * C, wte, n, C, V, matmul_, stream_);
+  }
+  logits_whole_ = dwte == nullptr && N <= chunk_rows_;
+  return has_targets_ ? sum_losses() : 0.0;
+}
+
+template <typename T>
+double GptCuda<T>::sum_losses() {
+  const int64_t N = static_cast<int64_t>(B_) * Tc_;
+  float* staged = host_io_.as<float>() + 2 * N;
+  DILATRON_CUDA_CHECK(cudaMemcpyAsync(staged, losses_, N * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  DILATRON_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  double total = 0;
+  for (int64_t i = 0; i < N; ++i) total += staged[i];
+  return total;
+}
+
+template <typename T>
+double GptCuda<T>::forward(const int32_t* tokens, const int32_t* targets, int B, int Tc, int pos0) {
+  const int L = shape_.n_layers;
+  for (int g = 0; g <= L + 1; ++g) source_.will_acquire(g);
+  source_.will_acquire(0);
+  trunk_forward(tokens, targets, B, Tc, pos0);
+  const T* emb = compute_copy(source_.acquire(0), 0, group0_copy_);
+  const double loss = head(emb + wte_, nullptr, 0.0);
+  source_.release(0);
+  if (!has_targets_) DILATRON_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return loss;
+}
+
+template <typename T>
+double GptCuda<T>::forward_backward(const int32_t* tokens, const int32_t* targets, int B, int Tc, int pos0,
+                                    double dloss_weight) {
+  DILATRON_CHECK(targets != nullptr, "forward_backward needs targets");
+  const int L = shape_.n_layers, C = shape_.d_model;
+  source_.will_acquire(0);
+  for (int g = 1; g <= L + 1; ++g) source_.will_acquire(g);
+  source_.will_acquire(0);
+  for (int g = L + 1; g >= 1; --g) source_.will_acquire(g);
+  trunk_forward(tokens, targets, B, Tc, pos0);
+  const int64_t N = static_cast<int64_t>(B) * Tc;
+
+  // Group 0 serves the LM head now and the embedding at the end: held across the whole pass.
+  const T* emb = compute_copy(source_.acquire(0), 0, group0_copy_);
+  float* d_emb = source_.acquire_gradients(0);
+  const double loss = head(emb + wte_, d_emb + wte_, dloss_weight);  // d_norm_ := d lnf
+  {
+    const float* final_norm_master = source_.acquire(L + 1);
+    const T* final_norm = compute_copy(final_norm_master, L + 1, group_copy_);
+    float* d_final_norm = source_.acquire_gradients(L + 1);
+    zero(d_residual_, N * C * static_cast<int64_t>(sizeof(T)));  // the norm backward adds
+    norm_backward(d_residual_, d_final_norm + lnf_w_, lnf_b_ < 0 ? nullptr : d_final_norm + lnf_b_, d_norm_,
+                  residual_[L], final_norm + lnf_w_, lnf_mean_, lnf_rstd_);
+    source_.gradients_done(L + 1);
+    source_.release(L + 1);
+  }
+  for (int l = L - 1; l >= 0; --l) {
+    const BlockActivations& a = blocks_[shape_.recompute ? 0 : l];
+    const T* weights = compute_copy(source_.acquire(l + 1), l + 1, group_copy_);
+    float* d_weights = source_.acquire_gradients(l + 1);
+    if (shape_.recompute) block_forward(l, weights, a, residual_[l], nullptr);
+    block_backward(l, weights, d_weights, a, residual_[l]);
+    source_.gradients_done(l + 1);
+    source_.release(l + 1);
+  }
+  token_embedding_backward(d_emb + wte_, k(d_residual_), buckets_, num_buckets_, C, stream_);
+  if (shape_.position == PositionKind::learned)
+    position_embedding_backward(d_emb + wpe_, k(d_residual_), B_, Tc_, C, pos0_, stream_);
+  source_.gradients_done(0);
+  source_.release(0);
+  return loss;
+}
+
+template <typename T>
+std::vector<float> GptCuda<T>::logits() const {
+  DILATRON_CHECK(logits_whole_, "the logits of the last forward are kept only for a forward (no backward) whose "
+                                "B x Tc rows fit one LM-head chunk ({} rows)", chunk_rows_);
+  const int64_t n = static_cast<int64_t>(B_) * Tc_ * shape_.vocab_size;
+  std::vector<T> raw(static_cast<size_t>(n));
+  DILATRON_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  DILATRON_CUDA_CHECK(cudaMemcpy(raw.data(), logits_, n * sizeof(T), cudaMemcpyDeviceToHost));
+  std::vector<float> out(raw.size());
+  for (size_t i = 0; i < raw.size(); ++i) {
+    if constexpr (std::is_same_v<T, float>)
+      out[i] = raw[i];
+    else
+      out[i] = raw[i].to_float();
+  }
+  return out;
+}
+
+template class GptCuda<float>;
+template class GptCuda<bf16>;
+
+}  // namespace dilatron
+#endif
