@@ -9,18 +9,19 @@
 
 namespace dilatron {
 
-struct ProcessGroups {
-  std::unique_ptr<Communicator> world, sequence_parallel, data_parallel;
-  int sp_size = 1, sp_rank = 0, dp_size = 1, dp_rank = 0;
-};
-
-// Throws InputError ("parallel.sequence_parallel: ...") unless sequence_parallel divides the world size.
-ProcessGroups make_process_groups(std::unique_ptr<Communicator> world, int sequence_parallel);
-
 // Where this process runs: its rank among the ranks of its node (MPI's shared-memory split),
 // which picks its GPU later.
 struct Placement {
   int local_rank = 0, local_size = 1;
 };
+
+struct ProcessGroups {
+  std::unique_ptr<Communicator> world, sequence_parallel, data_parallel;
+  int sp_size = 1, sp_rank = 0, dp_size = 1, dp_rank = 0;
+  Placement placement;  // set by the launcher (mpi_placement); one rank alone by default
+};
+
+// Throws InputError ("parallel.sequence_parallel: ...") unless sequence_parallel divides the world size.
+ProcessGroups make_process_groups(std::unique_ptr<Communicator> world, int sequence_parallel);
 
 }  // namespace dilatron

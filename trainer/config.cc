@@ -52,6 +52,9 @@ constexpr Spellings<DataFormat> spellings(DataFormat) {
 constexpr Spellings3<DeviceKind> spellings(DeviceKind) {
   return {{{"auto", DeviceKind::automatic}, {"cpu", DeviceKind::cpu}, {"cuda", DeviceKind::cuda}}};
 }
+constexpr Spellings3<ParallelBackend> spellings(ParallelBackend) {
+  return {{{"auto", ParallelBackend::automatic}, {"nccl", ParallelBackend::nccl}, {"mpi", ParallelBackend::mpi}}};
+}
 constexpr Spellings3<OffloadTier> spellings(OffloadTier) {
   return {{{"device", OffloadTier::device}, {"cpu", OffloadTier::cpu}, {"nvme", OffloadTier::nvme}}};
 }
@@ -226,6 +229,8 @@ const std::vector<Field>& schema() {
       field("attention", &C::attention, "dilation_rates", &AttentionConfig::dilation_rates),
       field("attention", &C::attention, "causal", &AttentionConfig::causal),
       field("parallel", &C::parallel, "sequence_parallel", &ParallelConfig::sequence_parallel),
+      field("parallel", &C::parallel, "backend", &ParallelConfig::backend),
+      field("parallel", &C::parallel, "share_gpus", &ParallelConfig::share_gpus),
       field("zero", &C::zero, "stage", &ZeroConfig::stage),
       field("zero", &C::zero, "offload_params", &ZeroConfig::offload_params),
       field("zero", &C::zero, "offload_optimizer", &ZeroConfig::offload_optimizer),
@@ -436,5 +441,6 @@ std::string_view to_string(NormType v) { return spelling_of(v); }
 std::string_view to_string(DataFormat v) { return spelling_of(v); }
 std::string_view to_string(DeviceKind v) { return spelling_of(v); }
 std::string_view to_string(OffloadTier v) { return spelling_of(v); }
+std::string_view to_string(ParallelBackend v) { return spelling_of(v); }
 
 }  // namespace dilatron

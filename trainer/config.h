@@ -18,6 +18,8 @@ enum class NormType { layernorm, rmsnorm };
 enum class DataFormat { text, tokens };
 enum class DeviceKind { automatic, cpu, cuda };  // YAML: auto | cpu | cuda
 enum class OffloadTier { device, cpu, nvme };
+// How GPU ranks exchange device buffers: auto is nccl unless ranks share a GPU (then mpi).
+enum class ParallelBackend { automatic, nccl, mpi };  // YAML: auto | nccl | mpi
 
 struct ModelConfig {
   int n_layers = 4;
@@ -45,6 +47,9 @@ struct AttentionConfig {
 
 struct ParallelConfig {
   int sequence_parallel = 1;
+  ParallelBackend backend = ParallelBackend::automatic;
+  // More ranks than GPUs on a node take turns on the GPUs (tests on one GPU); off, that is an error.
+  bool share_gpus = false;
   bool operator==(const ParallelConfig&) const = default;
 };
 
@@ -145,5 +150,6 @@ std::string_view to_string(NormType value);
 std::string_view to_string(DataFormat value);
 std::string_view to_string(DeviceKind value);
 std::string_view to_string(OffloadTier value);
+std::string_view to_string(ParallelBackend value);
 
 }  // namespace dilatron

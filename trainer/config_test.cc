@@ -163,7 +163,7 @@ TEST_CASE("each validation rule names its key") {
       {{"model.d_model=12", "model.n_heads=4"}, "model.n_heads = 4: head size"},
       {{"model.vocab_size=1", "data.format=tokens"}, "model.vocab_size = 1: must be in [2, 1048576]"},
       {{"model.vocab_size=1048577", "data.format=tokens"}, "model.vocab_size = 1048577: must be in"},
-      {{"model.vocab_size=50257"}, "model.vocab_size = 50257: must be 256 when data.format = text"},
+      {{"model.vocab_size=200"}, "model.vocab_size = 200: must be at least 256 when data.format = text"},
       {{"model.seq_len=1"}, "model.seq_len = 1: must be >= 2"},
       {{"model.d_ff=-1"}, "model.d_ff = -1"},
       {{"model.rope_theta=0"}, "model.rope_theta = 0"},

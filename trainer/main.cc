@@ -35,6 +35,7 @@ int command_train(const std::string& config_path, const std::vector<std::string>
     int world_size = 0;
     try {
       ProcessGroups groups = make_process_groups(mpi_world_communicator(), config.parallel.sequence_parallel);
+      groups.placement = mpi_placement();
       world_size = groups.world->size();
       TrainOptions options{resume, stop_at_step > 0 ? std::optional<int64_t>(stop_at_step) : std::nullopt};
       TrainSummary s = run_training(config, options, groups);

@@ -31,9 +31,6 @@ DataSpec data_spec_from(const Config& c) {
   return d;
 }
 
-void require_supported_by_trainer(const Config& c) {
-  DILATRON_CHECK_INPUT(c.device != DeviceKind::cuda,
-                       "device: cuda training is not implemented in this version of dilatron; use cpu or auto");
-}
+
 
 }  // namespace dilatron

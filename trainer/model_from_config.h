@@ -1,5 +1,4 @@
-// The bridge from the typed config to the model's plain shape struct, and the one place that
-// refuses configurations this build cannot run yet (loudly, before any work).
+// The bridge from the typed config to the model's and the data's plain structs.
 #pragma once
 
 #include "model/gpt.h"
@@ -10,8 +9,5 @@ namespace dilatron {
 
 GptShape gpt_shape_from(const ModelConfig& model);
 DataSpec data_spec_from(const Config& config);
-
-// Throws InputError naming the key for every feature this trainer lacks (CUDA training).
-void require_supported_by_trainer(const Config& config);
 
 }  // namespace dilatron

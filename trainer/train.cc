@@ -22,7 +22,9 @@
 #include "trainer/model_from_config.h"
 #include "trainer/progress_bar.h"
 #include "trainer/sampling.h"
+#include "trainer/step_model.h"
 #include "trainer/stop_signal.h"
+#include "trainer/training_device.h"
 #include "trainer/training_state.h"
 
 namespace fs = std::filesystem;
@@ -38,7 +40,7 @@ double world_sum(Communicator& world, double x) {
   return x;
 }
 
-double mean_val_loss(Gpt<float>& model, const TokenData& data, const Config& c, const BatchLayout& layout,
+double mean_val_loss(StepModel& model, const TokenData& data, const Config& c, const BatchLayout& layout,
                      const ProcessGroups& g, std::vector<int32_t>& inputs, std::vector<int32_t>& targets) {
   const int64_t total = std::min<int64_t>(c.data.eval_batches * c.data.batch_size, data.num_val_sequences());
   // Sequence-parallel peers share a data-parallel rank, hence the same slice: they meet in the ring.
@@ -49,8 +51,8 @@ double mean_val_loss(Gpt<float>& model, const TokenData& data, const Config& c, 
     for (int64_t r = 0; r < rows; ++r)
       data.val_sequence(mine.first + first + r, layout.chunk_begin, layout.chunk_len,
                         inputs.data() + r * layout.chunk_len, targets.data() + r * layout.chunk_len);
-    loss_sum += model.forward(inputs.data(), targets.data(), static_cast<int>(rows),
-                              static_cast<int>(layout.chunk_len), static_cast<int>(layout.chunk_begin));
+    loss_sum += model.loss(inputs.data(), targets.data(), static_cast<int>(rows), static_cast<int>(layout.chunk_len),
+                           static_cast<int>(layout.chunk_begin));
   }
   return world_sum(*g.world, loss_sum) / static_cast<double>(total * c.model.seq_len);
 }
@@ -85,7 +87,6 @@ void print_sample(const Config& c, const ShardedCheckpoint& checkpoint) {
 }  // namespace
 
 TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessGroups& g) {
-  require_supported_by_trainer(c);
   Communicator& world = *g.world;
   const bool lead = world.rank() == 0;
   const GptShape shape = gpt_shape_from(c.model);
@@ -109,10 +110,10 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
   }
 
   TokenData data = TokenData::load(data_spec_from(c));
-  std::unique_ptr<SequenceAttention<float>> attention = sequence_attention_for(c, *g.sequence_parallel);
-  std::unique_ptr<TrainingState> state = make_training_state(c, shape, world);
-  Gpt<float> model(shape, static_cast<int>(layout.micro), attention.get(), state->parameter_source());
-  state->attach(model);
+  TrainingDevice device(c, g);
+  std::unique_ptr<TrainingState> state = make_training_state(c, shape, world, device);
+  std::unique_ptr<StepModel> model =
+      make_step_model(c, shape, static_cast<int>(layout.micro), *state, g, device);
   int64_t step = 0;
   if (resume_dir) {
     step = restore_checkpoint(*resume_dir, c, *state);
@@ -133,8 +134,9 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
                  gpt_num_params(shape), shape.n_layers, shape.d_model, shape.n_heads, shape.seq_len, c.data.batch_size,
                  shape.seq_len, world.size(), g.dp_size, g.sp_size, layout.per_rank, layout.chunk_len, layout.micro,
                  data.train_tokens(), data.val_tokens());
+    spdlog::info("device: {}", device.describe());
     spdlog::info("memory: {}; activations {:.1f} MiB (peak, one micro-batch of this rank's chunk)",
-                 state->describe_memory(), static_cast<double>(model.activation_bytes()) / (1 << 20));
+                 state->describe_memory(), static_cast<double>(model->activation_bytes()) / (1 << 20));
   }
 
   install_stop_signal_handlers();
@@ -159,9 +161,9 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
     const double token_weight = 1.0 / static_cast<double>(tokens_per_step);
     for (int64_t m = 0; m * layout.micro < layout.per_rank; ++m) {
       int64_t rows = fill_train_micro_batch(data, layout, c.seed, step, m, inputs, targets);
-      loss_sum += model.forward(inputs.data(), targets.data(), static_cast<int>(rows),
-                                static_cast<int>(layout.chunk_len), static_cast<int>(layout.chunk_begin));
-      model.backward(token_weight);
+      loss_sum += model->train_micro_batch(inputs.data(), targets.data(), static_cast<int>(rows),
+                                           static_cast<int>(layout.chunk_len), static_cast<int>(layout.chunk_begin),
+                                           token_weight);
     }
     state->reduce_gradients();
     const double loss = world_sum(world, loss_sum) * token_weight;
@@ -182,7 +184,7 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
     nlohmann::json row{{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
                        {"tokens_per_s", tokens_per_s}, {"step_time_s", seconds}};
     if (eval_now) {
-      double val = mean_val_loss(model, data, c, layout, g, inputs, targets);
+      double val = mean_val_loss(*model, data, c, layout, g, inputs, targets);
       row["val_loss"] = val;
       summary.last_val_loss = val;
       progress.message(fmt::format("step {}: train loss {:.4f}, val loss {:.4f}", step, loss, val));

@@ -70,7 +70,16 @@ CheckpointModel load_checkpoint_model(const ShardedCheckpoint& checkpoint, const
   return m;
 }
 
-std::unique_ptr<TrainingState> make_training_state(const Config& config, const GptShape& shape, Communicator& world) {
+std::unique_ptr<TrainingState> make_training_state(const Config& config, const GptShape& shape, Communicator& world,
+                                                  TrainingDevice& device) {
+#ifdef DILATRON_CUDA
+  if (device.cuda()) {
+    if (config.zero.stage == 3) return make_staged_zero3_state(config, shape, world, device.stream());
+    return make_device_replicated_state(shape, device.world(), device.stream());
+  }
+#else
+  DILATRON_CHECK(!device.cuda(), "a GPU training device in a build without CUDA");
+#endif
   if (config.zero.stage == 3) return make_zero3_state(config, shape, world);
   return make_replicated_state(shape, world);
 }

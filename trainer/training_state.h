@@ -15,6 +15,7 @@
 #include "model/parameter_source.h"
 #include "trainer/config.h"
 #include "trainer/sharded_checkpoint.h"
+#include "trainer/training_device.h"
 
 namespace dilatron {
 
@@ -48,8 +49,10 @@ class TrainingState {
   virtual std::string describe_memory() const = 0;
 };
 
-// Replicated unless zero.stage is 3.
-std::unique_ptr<TrainingState> make_training_state(const Config& config, const GptShape& shape, Communicator& world);
+// Replicated unless zero.stage is 3; on the device the run trains on. `world` is the MPI world
+// (host buffers); a GPU state takes its device communicator from `device`.
+std::unique_ptr<TrainingState> make_training_state(const Config& config, const GptShape& shape, Communicator& world,
+                                                  TrainingDevice& device);
 
 // Collective: writes RUN_DIR/checkpoints/step_NNNNNNNN from every rank's share.
 std::string save_checkpoint(Communicator& world, const Config& config, int64_t step, TrainingState& state);

@@ -1,7 +1,11 @@
-// The two implementations of TrainingState, chosen by make_training_state.
+// The implementations of TrainingState, chosen by make_training_state.
 #pragma once
 
 #include <memory>
+
+#ifdef DILATRON_CUDA
+#include <cuda_runtime.h>
+#endif
 
 #include "trainer/training_state.h"
 
@@ -9,5 +13,13 @@ namespace dilatron {
 
 std::unique_ptr<TrainingState> make_replicated_state(const GptShape& shape, Communicator& world);
 std::unique_ptr<TrainingState> make_zero3_state(const Config& config, const GptShape& shape, Communicator& world);
+
+#ifdef DILATRON_CUDA
+// The GPU twins: device_world moves device buffers; host_world is the MPI world.
+std::unique_ptr<TrainingState> make_device_replicated_state(const GptShape& shape, Communicator& device_world,
+                                                            cudaStream_t stream);
+std::unique_ptr<TrainingState> make_staged_zero3_state(const Config& config, const GptShape& shape,
+                                                       Communicator& host_world, cudaStream_t stream);
+#endif
 
 }  // namespace dilatron
