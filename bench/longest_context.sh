@@ -34,7 +34,7 @@ for T in "${lengths[@]}"; do
   .devkit/bin/dilatron train --config configs/gpt2-124m-dilated-32k.yaml --set model.seq_len=$T \
     --set model.position=rotary --set "attention.segment_lengths=[$seg]" --set "attention.dilation_rates=[$rat]" \
     --set data.path=$shard --set logging.run_dir=$run --set schedule.max_steps=2 --set schedule.warmup_steps=1 --set logging.every=1 \
-    --set data.eval_every=0 --set checkpoint.every=0 --set sample.tokens=0 > "$out/train-$T.log" 2>&1
+    --set data.eval_every=0 --set checkpoint.every=0 --set checkpoint.at_end=false --set sample.tokens=0 > "$out/train-$T.log" 2>&1
   rc=$?
   kill $watcher 2>/dev/null; wait $watcher 2>/dev/null
   peak=$(sort -n "$out/mem-$T.txt" | tail -1)

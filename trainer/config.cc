@@ -258,6 +258,7 @@ const std::vector<Field>& schema() {
       field("data", &C::data, "eval_batches", &DataConfig::eval_batches),
       field("checkpoint", &C::checkpoint, "every", &CheckpointConfig::every),
       field("checkpoint", &C::checkpoint, "keep", &CheckpointConfig::keep),
+      field("checkpoint", &C::checkpoint, "at_end", &CheckpointConfig::at_end),
       field("logging", &C::logging, "run_dir", &LoggingConfig::run_dir),
       field("logging", &C::logging, "every", &LoggingConfig::every),
       field("logging", &C::logging, "progress_bar", &LoggingConfig::progress_bar),

@@ -97,6 +97,7 @@ struct DataConfig {
 struct CheckpointConfig {
   int64_t every = 0;  // 0: only at the end and on SIGINT/SIGTERM
   int keep = 3;
+  bool at_end = true;  // false: no checkpoint when the run ends normally (benchmarks); signals still write one
   bool operator==(const CheckpointConfig&) const = default;
 };
 

@@ -202,11 +202,13 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
     }
     if (c.checkpoint.every > 0 && step % c.checkpoint.every == 0 && step < last_step) checkpoint("periodic");
   }
-  if (step != last_checkpoint_step) checkpoint(summary.stopped_by_signal ? "on signal" : "final");
+  if (step != last_checkpoint_step && (c.checkpoint.at_end || summary.stopped_by_signal))
+    checkpoint(summary.stopped_by_signal ? "on signal" : "final");
   progress.finish();
   summary.steps_done = step;
 
-  if (lead && !summary.stopped_by_signal && step == c.schedule.max_steps && c.sample.tokens > 0 && c.attention.causal)
+  if (lead && !summary.stopped_by_signal && step == c.schedule.max_steps && c.sample.tokens > 0 && c.attention.causal &&
+      last_checkpoint_step == step)
     print_sample(c, ShardedCheckpoint::open(summary.last_checkpoint));
   world.barrier();
   return summary;

@@ -117,3 +117,14 @@ TEST_CASE("resuming with another model shape is refused, naming the key") {
   CHECK_THROWS_WITH_AS(train(micro_config(dir, {"model.d_model=48", "schedule.max_steps=4", "schedule.warmup_steps=1"}), {"auto", {}}),
                        doctest::Contains("model.d_model"), InputError);
 }
+
+TEST_CASE("checkpoint.at_end: false ends a run without a checkpoint, periodic ones still written") {
+  std::string dir = fresh_dir("no-final");
+  TrainSummary s = train(micro_config(dir, {"schedule.max_steps=6", "schedule.warmup_steps=1", "checkpoint.at_end=false",
+                                            "checkpoint.every=4", "sample.tokens=5"}),
+                         {});
+  CHECK(s.steps_done == 6);
+  const auto latest = find_latest_checkpoint(dir);
+  REQUIRE(latest.has_value());
+  CHECK(ShardedCheckpoint::open(*latest).step() == 4);
+}
