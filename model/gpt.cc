@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <thread>
 #include <unordered_map>
 
 #include "core/check.h"
@@ -174,8 +175,22 @@ void gpt_init_param_range(const ParamSpec& p, const GptShape& s, uint64_t seed, 
     const double stddev = s.init_std / (is_output_projection(p.name) ? std::sqrt(2.0 * s.n_layers) : 1.0);
     const PhiloxKey key = philox_key(seed);
     const uint64_t stream = name_stream(p.name);
-    for (int64_t i = begin; i < end; ++i)
-      dst[i - begin] = static_cast<T>(stddev * philox_normal(key, stream, static_cast<uint64_t>(i)));
+    auto fill = [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i)
+        dst[i - begin] = static_cast<T>(stddev * philox_normal(key, stream, static_cast<uint64_t>(i)));
+    };
+    // Each element is a pure function of its index, so threads change nothing but the time
+    // (minutes for billions of elements on one core).
+    constexpr int64_t kPerThread = int64_t{1} << 22;
+    const int64_t threads = std::min<int64_t>((end - begin) / kPerThread, std::thread::hardware_concurrency());
+    if (threads < 2) {
+      fill(begin, end);
+    } else {
+      std::vector<std::thread> pool;
+      const int64_t chunk = (end - begin + threads - 1) / threads;
+      for (int64_t lo = begin; lo < end; lo += chunk) pool.emplace_back(fill, lo, std::min(end, lo + chunk));
+      for (std::thread& t : pool) t.join();
+    }
   }
 }
 
