@@ -5,6 +5,8 @@
 
 #ifdef DILATRON_CUDA
 #include "attention/device_sequence_attention.h"
+#include "attention/dilated_attention_cuda.h"
+#include "attention/ring_dilated_attention_cuda.h"
 #include "model/gpt_cuda.h"
 #endif
 
@@ -13,22 +15,23 @@ namespace dilatron {
 #ifdef DILATRON_CUDA
 namespace {
 
+// Attention over this rank's chunk: single-rank dilated (dense being one branch) or the ring
+// over the sequence-parallel group's device communicator.
 std::unique_ptr<DeviceSequenceAttention<bf16>> device_attention_for(const Config& config, const GptShape& shape,
-                                                                    int max_batch, ProcessGroups& groups) {
+                                                                    int max_batch, ProcessGroups& groups,
+                                                                    TrainingDevice& device) {
   const int D = shape.d_model / shape.n_heads;
-  DILATRON_CHECK_INPUT(groups.sp_size == 1,
-                       "parallel.sequence_parallel: {} ranks per sequence on GPUs needs ring dilated attention on "
-                       "the GPU, which this version does not have; use sequence_parallel: 1 with device: cuda, "
-                       "or device: cpu",
-                       groups.sp_size);
-  return make_dilated_attention_cuda<bf16>(dilated_spec_from(config), max_batch, shape.seq_len, shape.n_heads, D);
+  if (groups.sp_size == 1)
+    return make_dilated_attention_cuda<bf16>(dilated_spec_from(config), max_batch, shape.seq_len, shape.n_heads, D);
+  return make_ring_dilated_attention_cuda<bf16>(dilated_spec_from(config), max_batch, shape.seq_len, shape.n_heads,
+                                                D, device.sequence_parallel());
 }
 
 class CudaStepModel final : public StepModel {
  public:
   CudaStepModel(const Config& config, const GptShape& shape, int max_batch, TrainingState& state,
                 ProcessGroups& groups, TrainingDevice& device)
-      : attention_(device_attention_for(config, shape, max_batch, groups)),
+      : attention_(device_attention_for(config, shape, max_batch, groups, device)),
         model_(shape, max_batch, *state.parameter_source(), attention_.get(), device.stream()) {}
 
   double train_micro_batch(const int32_t* inputs, const int32_t* targets, int rows, int Tc, int pos0,

@@ -2,7 +2,8 @@
 // both on one GPU through the MPI backend, since NCCL refuses two ranks on one GPU):
 // - 50 steps in bf16 on the GPU track the fp32 CPU run's losses within bf16 tolerance;
 // - a GPU run stopped at step 25 and resumed gives bit-identical losses and gradient norms;
-// - 2 ranks (data parallel, replicated or ZeRO-3 with CPU offload) equal 1 rank of the same kind.
+// - 2 ranks (data parallel, replicated or ZeRO-3 with CPU offload; or sequence parallel through
+//   ring dilated attention with ZeRO-3) equal 1 rank of the same kind.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -98,15 +99,17 @@ TEST_CASE("a GPU run stopped and resumed is bit-identical to an uninterrupted on
 // same optimizer: GPU AdamW replicated, CPU AdamW under ZeRO-3) and the same micro-batch shapes,
 // so the only differences are fp32 summation orders. (Against each other, the GPU and CPU AdamW
 // differ by fp32 roundings that flip bf16 roundings of the weights: about 1e-3 on gradient norms.)
-void check_two_ranks(Communicator& world, const std::string& name, const std::vector<std::string>& extra) {
+void check_two_ranks(Communicator& world, const std::string& name, const std::vector<std::string>& extra,
+                     int sequence_parallel = 1, double loss_tol = 1e-4, double norm_tol = 1e-4) {
   const std::string single = run_dir(name + "-1"), split = run_dir(name + "-2");
   train_alone(world, gpu_config(single, extra));
   if (world.rank() == 0) fs::remove_all(split);
   world.barrier();
-  ProcessGroups g = make_process_groups(world.split(0, world.rank(), "world"), 1);
+  ProcessGroups g = make_process_groups(world.split(0, world.rank(), "world"), sequence_parallel);
   g.placement = mpi_placement();
   std::vector<std::string> overrides = extra;
   overrides.push_back("parallel.backend=mpi");
+  overrides.push_back("parallel.sequence_parallel=" + std::to_string(sequence_parallel));
   run_training(gpu_config(split, overrides), {}, g);
   if (world.rank() != 0) return;
   auto a = read_metrics(single), b = read_metrics(split);
@@ -116,8 +119,8 @@ void check_two_ranks(Communicator& world, const std::string& name, const std::ve
     const double err = relative(b[s]["loss"].get<double>(), a[s]["loss"].get<double>());
     worst = std::max(worst, err);
     CAPTURE(s);
-    CHECK(err <= 1e-4);
-    CHECK(relative(b[s]["grad_norm"].get<double>(), a[s]["grad_norm"].get<double>()) <= 1e-4);
+    CHECK(err <= loss_tol);
+    CHECK(relative(b[s]["grad_norm"].get<double>(), a[s]["grad_norm"].get<double>()) <= norm_tol);
   }
   std::printf("%s: 2 ranks on one GPU vs 1 rank, worst loss difference %.2e relative\n", name.c_str(), worst);
 }
@@ -131,4 +134,14 @@ TEST_CASE("2 data-parallel ranks on one GPU equal 1 rank (replicated)") {
 TEST_CASE("2 data-parallel ranks on one GPU with ZeRO-3 (cpu offload) equal 1 rank") {
   auto world = mpi_world_communicator();
   check_two_ranks(*world, "zero3-dp2", {"zero.stage=3", "zero.offload_params=cpu", "zero.offload_optimizer=cpu"});
+}
+
+// The ring adds partial attentions across ranks in another order than one rank's branch, and
+// bf16 rounds the results: bf16-level agreement (a wrong block or merge is off by 1e-1).
+TEST_CASE("2 sequence-parallel ranks on one GPU (ring dilated attention) with ZeRO-3 equal 1 rank") {
+  auto world = mpi_world_communicator();
+  check_two_ranks(*world, "sp2-zero3",
+                  {"attention.kind=dilated", "attention.segment_lengths=[8,16,32]", "attention.dilation_rates=[1,2,4]",
+                   "zero.stage=3", "zero.offload_params=cpu", "zero.offload_optimizer=cpu"},
+                  2, 2e-3, 2e-2);
 }
