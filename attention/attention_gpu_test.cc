@@ -8,8 +8,9 @@
 // Tolerances, on max |got - want| / max |want| over a tensor:
 //   fp32 out, dq, dk, dv: 1e-5 (fp32 sums over at most a few thousand keys with online-softmax
 //     rescaling are good to ~1e-6 of the largest entry);
-//   bf16 out, dq, dk, dv: 1e-2 (each output is rounded once to bf16, 2^-9 = 2e-3 relative, and the
-//     backward's delta comes from the bf16-rounded out);
+//   bf16 out, dq, dk, dv: 1e-2 (each output is rounded once to bf16, 2^-9 = 2e-3 relative, the
+//     backward's delta comes from the bf16-rounded out, and at D = 64 and 128 the tensor-core
+//     kernels round P and dS to bf16 before their products; ~5e-3 in a CPU emulation of them);
 //   lse, both dtypes: 1e-5 of max(1, max |lse|): it is computed in fp32 from inputs that T holds
 //     exactly, and never rounded to T. -inf entries (rows no key sees) must match exactly.
 #include <doctest/doctest.h>
@@ -228,6 +229,10 @@ const std::vector<Case>& small_cases() {
       {"groups all rate 1", {{48, 1}, {96, 1}}, DilatedMode::head_groups, 2, 96, 3, 24},
       {"ragged n=96 D=24", {{48, 1}, {96, 2}}, DilatedMode::longnet, 2, 96, 3, 24},
       {"ragged n=96 D=128", {{48, 1}, {96, 2}}, DilatedMode::head_groups, 2, 96, 5, 128},
+      // Several 64-row tiles per task, a partial last tile, and merges, at both head dimensions of
+      // the bf16 tensor-core kernels: 200 and 5 x 64 dense rows, 200 and 80 dilated rows merged in.
+      {"tiles and merges D=64", {{200, 1}, {400, 2}}, DilatedMode::longnet, 2, 400, 3, 64},
+      {"tiles and merges D=128", {{320, 1}, {160, 2}}, DilatedMode::longnet, 1, 320, 2, 128},
   };
   return cases;
 }
@@ -314,12 +319,13 @@ TEST_CASE("the GPU attention refuses shapes it cannot run") {
   CHECK_THROWS_AS(attention->forward(nullptr, nullptr, nullptr, nullptr, nullptr, 3, 64, 2, 64, nullptr), Error);
 }
 
-TEST_CASE("timing: dilated 32k (longnet, causal) and dense 1024 (causal)") {
+TEST_CASE("timing: dilated 32k (longnet, causal) and dense 1024 (causal, D = 64 and 128)") {
   const DilatedSpec longnet_32k{{{2048, 1}, {4096, 2}, {8192, 4}, {16384, 8}, {32768, 16}}, DilatedMode::longnet, true};
   time_case<bf16>("dilated 32k longnet causal", longnet_32k, 1, 32768, 12, 64);
   time_case<float>("dilated 32k longnet causal", longnet_32k, 1, 32768, 12, 64);
   time_case<bf16>("dense causal", dense_as_dilated(1024, true), 8, 1024, 12, 64);
   time_case<float>("dense causal", dense_as_dilated(1024, true), 8, 1024, 12, 64);
+  time_case<bf16>("dense causal", dense_as_dilated(1024, true), 8, 1024, 8, 128);
 }
 
 }  // namespace dilatron

@@ -1,5 +1,8 @@
-// Kernels of attention/block_attention_cuda.h: fp32 SIMT flash attention over batched block tasks.
+// Kernels of attention/block_attention_cuda.h: flash attention over batched block tasks. bf16
+// inputs at D = 64 and D = 128 run on the tensor cores (attention/block_attention_mma.cuh); every
+// other case (T = float, other D) runs the fp32 SIMT kernels below.
 //
+// The fp32 kernels:
 // Every kernel uses 256 threads as a 16 x 16 grid (ty, tx) over a 64 x 64 tile: thread (ty, tx)
 // owns tile rows ty + 16 i and columns tx + 16 j (i, j < 4), and rows ty + 16 i times head-dim
 // columns tx + 16 c (c < DMAX / 16) of the output accumulators. The 16 threads of a row are one
@@ -9,15 +12,23 @@
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "attention/block_attention_cuda.h"
+#include "attention/block_attention_mma.cuh"
 
 namespace dilatron {
 namespace {
 
+using block_attention_device::key_end;
+using block_attention_device::load_float;
+using block_attention_device::sees;
+using block_attention_device::store_float;
+namespace mma = block_attention_device::mma;
+
 static_assert(sizeof(bf16) == sizeof(__nv_bfloat16), "bf16 and __nv_bfloat16 share one layout");
 
-constexpr int kTile = 64;                 // query rows and key rows of one tile
+constexpr int kTile = block_attention_device::kTileRows;
 constexpr int kSide = 16;                 // threads per tile side
 constexpr int kThreads = kSide * kSide;   // 256
 constexpr int kPer = kTile / kSide;       // tile rows (and columns) per thread
@@ -33,11 +44,6 @@ template <>
 struct DeviceType<bf16> {
   using type = __nv_bfloat16;
 };
-
-__device__ __forceinline__ float load_float(const float* p) { return *p; }
-__device__ __forceinline__ float load_float(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void store_float(float* p, float x) { *p = x; }
-__device__ __forceinline__ void store_float(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
 
 // Sum / max over the 16 lanes of a half-warp (one tile row).
 __device__ __forceinline__ float row_sum(float x) {
@@ -73,17 +79,9 @@ __device__ void load_row_stats(float* lse_tile, float* delta_tile, const float* 
   }
 }
 
-// Query row i sees key j (causal blocks are aligned).
-__device__ __forceinline__ bool sees(int i, int j, int nk, bool causal) { return j < nk && !(causal && j > i); }
-
 // p = exp(s - lse), 0 where masked or where the row saw no key at all (lse = -inf).
 __device__ __forceinline__ float probability(float s, float lse, bool visible) {
   return visible && lse != -INFINITY ? expf(s - lse) : 0.0f;
-}
-
-// The last key any query of the tile [q0, q0 + kTile) sees, plus one.
-__device__ __forceinline__ int key_end(const DeviceBlockTask& task, int q0, bool causal) {
-  return causal ? min(task.nk, q0 + kTile) : task.nk;
 }
 
 // acc[i][j] += sum_d a[(ty + 16 i), d] * b[(tx + 16 j), d] over two (kTile, DMAX + 1) tiles.
@@ -432,14 +430,23 @@ cudaError_t with_head_dim(int D, Launch&& launch) {
   return launch.template operator()<128>();
 }
 
+// The tensor-core kernels take bf16 inputs at D = 64 and 128; launch.template operator()<D>() runs one.
+bool tensor_core_head_dim(int D) { return D == 64 || D == 128; }
+template <typename Launch>
+cudaError_t with_tensor_core_head_dim(int D, Launch&& launch) {
+  return D == 64 ? launch.template operator()<64>() : launch.template operator()<128>();
+}
+
 template <typename Kernel, typename... Args>
-cudaError_t launch_tiles(Kernel kernel, dim3 grid, int smem_floats, cudaStream_t stream, Args... args) {
-  const int bytes = smem_floats * static_cast<int>(sizeof(float));
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+cudaError_t launch_tiles(Kernel kernel, dim3 grid, int threads, int smem_bytes, cudaStream_t stream, Args... args) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (err != cudaSuccess) return err;
-  kernel<<<grid, kThreads, bytes, stream>>>(args...);
+  kernel<<<grid, threads, smem_bytes, stream>>>(args...);
   return cudaGetLastError();
 }
+
+// Bytes of the fp32 kernels' shared memory.
+constexpr int bytes(int floats) { return floats * static_cast<int>(sizeof(float)); }
 
 template <typename T>
 using Dev = typename DeviceType<T>::type;
@@ -464,9 +471,18 @@ cudaError_t launch_block_attention_forward(O* out, float* lse, const T* q, const
   dim3 grid;
   if (!grid_for(batch, batch.max_nq, grid)) return cudaErrorInvalidValue;
   const bool causal = batch.mask == BlockMask::causal;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (tensor_core_head_dim(batch.D)) {
+      return with_tensor_core_head_dim(batch.D, [&]<int D>() {
+        return launch_tiles(mma::forward_kernel<D, Dev<O>>, grid, mma::kThreads, mma::forward_smem_bytes<D>(), stream,
+                            dev(out), lse, dev(q), dev(k), dev(v), batch.tasks, batch.scale, causal, out_scale, merge);
+      });
+    }
+  }
   return with_head_dim(batch.D, [&]<int DMAX>() {
-    return launch_tiles(forward_kernel<DMAX, Dev<T>, Dev<O>>, grid, forward_smem(DMAX), stream, dev(out), lse,
-                        dev(q), dev(k), dev(v), batch.tasks, batch.D, batch.scale, causal, out_scale, merge);
+    return launch_tiles(forward_kernel<DMAX, Dev<T>, Dev<O>>, grid, kThreads, bytes(forward_smem(DMAX)), stream,
+                        dev(out), lse, dev(q), dev(k), dev(v), batch.tasks, batch.D, batch.scale, causal, out_scale,
+                        merge);
   });
 }
 
@@ -480,10 +496,19 @@ cudaError_t launch_block_attention_backward_dkdv(O* dk, O* dv, const T* dout, co
   dim3 grid;
   if (!grid_for(batch, batch.max_nk, grid)) return cudaErrorInvalidValue;
   const bool causal = batch.mask == BlockMask::causal;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (tensor_core_head_dim(batch.D)) {
+      return with_tensor_core_head_dim(batch.D, [&]<int D>() {
+        return launch_tiles(mma::dkdv_kernel<D, Dev<O>>, grid, mma::kThreads, mma::dkdv_smem_bytes<D>(), stream,
+                            dev(dk), dev(dv), dev(dout), delta, lse, dev(q), dev(k), dev(v), batch.tasks, batch.scale,
+                            causal, dout_scale, accumulate);
+      });
+    }
+  }
   return with_head_dim(batch.D, [&]<int DMAX>() {
-    return launch_tiles(dkdv_kernel<DMAX, Dev<T>, Dev<O>>, grid, dkdv_smem(DMAX), stream, dev(dk), dev(dv),
-                        dev(dout), delta, lse, dev(q), dev(k), dev(v), batch.tasks, batch.D, batch.scale, causal,
-                        dout_scale, accumulate);
+    return launch_tiles(dkdv_kernel<DMAX, Dev<T>, Dev<O>>, grid, kThreads, bytes(dkdv_smem(DMAX)), stream, dev(dk),
+                        dev(dv), dev(dout), delta, lse, dev(q), dev(k), dev(v), batch.tasks, batch.D, batch.scale,
+                        causal, dout_scale, accumulate);
   });
 }
 
@@ -496,10 +521,19 @@ cudaError_t launch_block_attention_backward_dq(O* dq, const T* dout, const float
   dim3 grid;
   if (!grid_for(batch, batch.max_nq, grid)) return cudaErrorInvalidValue;
   const bool causal = batch.mask == BlockMask::causal;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (tensor_core_head_dim(batch.D)) {
+      return with_tensor_core_head_dim(batch.D, [&]<int D>() {
+        return launch_tiles(mma::dq_kernel<D, Dev<O>>, grid, mma::kThreads, mma::dq_smem_bytes<D>(), stream, dev(dq),
+                            dev(dout), delta, lse, dev(q), dev(k), dev(v), batch.tasks, batch.scale, causal, dout_scale,
+                            accumulate);
+      });
+    }
+  }
   return with_head_dim(batch.D, [&]<int DMAX>() {
-    return launch_tiles(dq_kernel<DMAX, Dev<T>, Dev<O>>, grid, dq_smem(DMAX), stream, dev(dq), dev(dout), delta,
-                        lse, dev(q), dev(k), dev(v), batch.tasks, batch.D, batch.scale, causal, dout_scale,
-                        accumulate);
+    return launch_tiles(dq_kernel<DMAX, Dev<T>, Dev<O>>, grid, kThreads, bytes(dq_smem(DMAX)), stream, dev(dq),
+                        dev(dout), delta, lse, dev(q), dev(k), dev(v), batch.tasks, batch.D, batch.scale, causal,
+                        dout_scale, accumulate);
   });
 }
 

@@ -1,0 +1,489 @@
+// Device code of attention/block_attention.cu shared by its two paths, and the tensor-core path:
+// the forward, dK/dV and dQ kernels for bf16 inputs at D = 64 and D = 128, with every product on
+// mma.sync m16n8k16 (bf16 operands, fp32 accumulation). Tasks, masks, merge, scales and outputs
+// are those of block_attention_cuda.h, exactly as in the fp32 kernels; softmax, lse, delta and the
+// accumulators stay fp32. The one difference: P and dS are rounded to bf16 before they multiply
+// V, dO, K and Q (as FlashAttention does), a relative error of 2^-9 per weight that averages out
+// in the sums (the row sums l of the forward are taken before the rounding, so lse is exact fp32).
+//
+// A CTA is 4 warps (128 threads) over a 64-row tile of its own rows (queries in the forward and dQ
+// kernels, keys in the dK/dV kernel); warp w owns tile rows [16 w, 16 w + 16). Tiles are bf16 rows
+// in shared memory padded to D + 8 elements: the 8 rows an ldmatrix reads then start 16 bytes
+// apart modulo 128, in distinct banks. Rows past a block's end are zero (never NaN: 0 * NaN would
+// poison a product even where the probability is 0).
+//
+// Fragments of mma.m16n8k16 (PTX ISA), with g = lane / 4 and t = lane % 4; each register holds two
+// bf16, the lower column in the low half:
+//   A (16 x 16, rows x k):  a0 (g, 2t..2t+1)  a1 (g+8, 2t..2t+1)  a2 (g, 2t+8..2t+9)  a3 (g+8, 2t+8..2t+9)
+//   B (16 x 8, k x n):      b0 (k = 2t..2t+1, n = g)              b1 (k = 2t+8..2t+9, n = g)
+//   C (16 x 8, fp32):       c0, c1 (g, 2t..2t+1)                  c2, c3 (g+8, 2t..2t+1)
+// So the C fragments of two neighbouring 8-column tiles, packed to bf16 pairs, are the A fragment of
+// their 16 columns: scores feed the next product without leaving registers.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "attention/block_attention_cuda.h"
+
+namespace dilatron {
+namespace block_attention_device {
+
+// ---- Shared by the fp32 and the tensor-core kernels.
+
+// Query rows and key rows of one tile (a CTA's rows; the grid's y counts these tiles).
+constexpr int kTileRows = 64;
+
+__device__ __forceinline__ float load_float(const float* p) { return *p; }
+__device__ __forceinline__ float load_float(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void store_float(float* p, float x) { *p = x; }
+__device__ __forceinline__ void store_float(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
+
+// Query row i sees key j (causal blocks are aligned).
+__device__ __forceinline__ bool sees(int i, int j, int nk, bool causal) { return j < nk && !(causal && j > i); }
+
+// The last key any query of the tile [q0, q0 + kTileRows) sees, plus one.
+__device__ __forceinline__ int key_end(const DeviceBlockTask& task, int q0, bool causal) {
+  return causal ? min(task.nk, q0 + kTileRows) : task.nk;
+}
+
+// ---- The tensor-core path.
+
+namespace mma {
+
+using bf16_t = __nv_bfloat16;
+
+constexpr int kTile = kTileRows;
+constexpr int kWarps = kTile / 16;
+constexpr int kThreads = 32 * kWarps;  // 128
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Elements per shared-memory row of a (kTile, D) tile.
+template <int D>
+constexpr int kRow = D + 8;
+template <int D>
+constexpr int kTileElements = kTile * kRow<D>;
+
+// Bytes of shared memory of each kernel.
+template <int D>
+constexpr int forward_smem_bytes() {
+  return 3 * kTileElements<D> * static_cast<int>(sizeof(bf16_t));
+}
+template <int D>
+constexpr int dq_smem_bytes() {
+  return 4 * kTileElements<D> * static_cast<int>(sizeof(bf16_t));
+}
+template <int D>
+constexpr int dkdv_smem_bytes() {
+  return 4 * kTileElements<D> * static_cast<int>(sizeof(bf16_t)) + 2 * kTile * static_cast<int>(sizeof(float));
+}
+
+// The CTA's dynamic shared memory.
+__device__ __forceinline__ unsigned char* dynamic_shared_memory() {
+  extern __shared__ __align__(16) unsigned char smem[];
+  return smem;
+}
+
+// r[i] := this lane's part of 8 x 8 matrix i, whose 8 rows (16 bytes each) lanes 8 i .. 8 i + 7
+// address: row g, columns 2t, 2t + 1.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16_t* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(row)))
+               : "memory");
+}
+
+// As ldmatrix_x4, transposed: r[i] := rows 2t, 2t + 1 of column g of matrix i.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16_t* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(row)))
+               : "memory");
+}
+
+// d += A B for one 16 x 8 C fragment.
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float low, float high) {
+  const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
+  uint32_t bits;
+  memcpy(&bits, &pair, sizeof(bits));
+  return bits;
+}
+
+// Max / sum over the 4 lanes of a quad (the threads holding one fragment row).
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// The A fragment of rows [r0, r0 + 16) x columns [c0, c0 + 16) of a tile.
+template <int D>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const bf16_t* tile, int r0, int c0, int lane) {
+  ldmatrix_x4(a, tile + (r0 + lane % 8 + 8 * (lane / 8 % 2)) * kRow<D> + c0 + 8 * (lane / 16));
+}
+
+// B fragments of two 8-column n-tiles from a tile that holds B transposed (row = n, column = k):
+// n in [n0, n0 + 16), k in [k0, k0 + 16). b[0], b[1] are n-tile [n0, n0 + 8), b[2], b[3] the next.
+template <int D>
+__device__ __forceinline__ void load_b_n_rows(uint32_t (&b)[4], const bf16_t* tile, int n0, int k0, int lane) {
+  ldmatrix_x4(b, tile + (n0 + lane % 8 + 8 * (lane / 16)) * kRow<D> + k0 + 8 * (lane / 8 % 2));
+}
+
+// The same from a tile that holds B as is (row = k, column = n), through the transposing load.
+template <int D>
+__device__ __forceinline__ void load_b_k_rows(uint32_t (&b)[4], const bf16_t* tile, int k0, int n0, int lane) {
+  ldmatrix_x4_trans(b, tile + (k0 + lane % 8 + 8 * (lane / 8 % 2)) * kRow<D> + n0 + 8 * (lane / 16));
+}
+
+// acc (16 x N as N / 8 C fragments) += rows [r0, r0 + 16) of a times rows [n0, n0 + N) of b,
+// transposed, over all D columns: scores q.k (or dout.v) of 16 rows against N rows.
+template <int D, int N>
+__device__ __forceinline__ void mma_rows_rows(float (&acc)[N / 8][4], const bf16_t* a, int r0, const bf16_t* b, int n0,
+                                              int lane) {
+#pragma unroll
+  for (int kc = 0; kc < D / 16; ++kc) {
+    uint32_t af[4];
+    load_a<D>(af, a, r0, 16 * kc, lane);
+#pragma unroll
+    for (int jp = 0; jp < N / 16; ++jp) {
+      uint32_t bf[4];
+      load_b_n_rows<D>(bf, b, n0 + 16 * jp, 16 * kc, lane);
+      mma_bf16(acc[2 * jp], af, bf[0], bf[1]);
+      mma_bf16(acc[2 * jp + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
+// acc (16 x D as D / 8 C fragments) += w (16 x K, as K / 8 C fragments, rounded to bf16) times
+// rows [k0, k0 + K) of `rows` (K x D): a weighted sum of rows (P V, dS K, P^T dO, dS^T Q).
+template <int D, int K>
+__device__ __forceinline__ void mma_weights_rows(float (&acc)[D / 8][4], const float (&w)[K / 8][4], const bf16_t* rows,
+                                                 int k0, int lane) {
+#pragma unroll
+  for (int kc = 0; kc < K / 16; ++kc) {
+    const uint32_t af[4] = {pack_bf16x2(w[2 * kc][0], w[2 * kc][1]), pack_bf16x2(w[2 * kc][2], w[2 * kc][3]),
+                            pack_bf16x2(w[2 * kc + 1][0], w[2 * kc + 1][1]),
+                            pack_bf16x2(w[2 * kc + 1][2], w[2 * kc + 1][3])};
+#pragma unroll
+    for (int jp = 0; jp < D / 16; ++jp) {
+      uint32_t bf[4];
+      load_b_k_rows<D>(bf, rows, k0 + 16 * kc, 16 * jp, lane);
+      mma_bf16(acc[2 * jp], af, bf[0], bf[1]);
+      mma_bf16(acc[2 * jp + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
+// tile := rows [row0, row0 + kTile) of a block (element (r, d) at base[r * stride + d]), zero past
+// `rows`. 16-byte loads when every row starts 16-byte aligned, else element loads.
+template <int D>
+__device__ __forceinline__ void load_tile(bf16_t* tile, const bf16_t* base, int64_t stride, int row0, int rows) {
+  const int valid = min(kTile, rows - row0);
+  if (reinterpret_cast<uintptr_t>(base) % 16 == 0 && stride % 8 == 0) {
+    constexpr int kChunks = D / 8;  // 16-byte pieces of a row
+    constexpr int kPerThread = kTile * kChunks / kThreads;
+    uint4 x[kPerThread];
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {  // all loads in flight before the first store
+      const int e = static_cast<int>(threadIdx.x) + i * kThreads, r = e / kChunks, c = e % kChunks;
+      x[i] = r < valid ? *reinterpret_cast<const uint4*>(base + static_cast<int64_t>(row0 + r) * stride + 8 * c)
+                       : uint4{0u, 0u, 0u, 0u};
+    }
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int e = static_cast<int>(threadIdx.x) + i * kThreads, r = e / kChunks, c = e % kChunks;
+      *reinterpret_cast<uint4*>(tile + r * kRow<D> + 8 * c) = x[i];
+    }
+  } else {
+    for (int e = static_cast<int>(threadIdx.x); e < kTile * D; e += kThreads) {
+      const int r = e / D, d = e % D;
+      tile[r * kRow<D> + d] =
+          r < valid ? base[static_cast<int64_t>(row0 + r) * stride + d] : __float2bfloat16_rn(0.0f);
+    }
+  }
+}
+
+template <int D, typename O>
+__global__ void __launch_bounds__(kThreads)
+    forward_kernel(O* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v, const DeviceBlockTask* tasks,
+                   float scale, bool causal, float out_scale, bool merge) {
+  const DeviceBlockTask task = tasks[blockIdx.x];
+  // Highest query tiles first: under a causal mask they see the most keys.
+  const int tile = static_cast<int>(gridDim.y - 1 - blockIdx.y);
+  if (tile * kTile >= task.nq) return;
+  const int q0 = tile * kTile;
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int g = lane / 4, t = lane % 4;
+
+  bf16_t* q_tile = reinterpret_cast<bf16_t*>(dynamic_shared_memory());
+  bf16_t* k_tile = q_tile + kTileElements<D>;
+  bf16_t* v_tile = k_tile + kTileElements<D>;
+  load_tile<D>(q_tile, q + task.q_offset, task.q_stride, q0, task.nq);
+
+  // Per fragment row h (tile row 16 warp + g + 8 h): running max of the scores in log2 units, and
+  // this thread's share of the running sum (summed over the quad at the end).
+  const float scale_log2 = scale * kLog2e;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  float o[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+
+  const int keys = key_end(task, q0, causal);
+  for (int k0 = 0; k0 < keys; k0 += kTile) {
+    __syncthreads();  // the previous k and v tiles are no longer read
+    load_tile<D>(k_tile, k + task.k_offset, task.k_stride, k0, task.nk);
+    load_tile<D>(v_tile, v + task.k_offset, task.k_stride, k0, task.nk);
+    __syncthreads();
+    float s[kTile / 8][4];
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+    mma_rows_rows<D, kTile>(s, q_tile, 16 * warp, k_tile, 0, lane);
+
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int qi = q0 + 16 * warp + g + 8 * (e / 2), kj = k0 + 8 * j + 2 * t + e % 2;
+        s[j][e] = sees(qi, kj, task.nk, causal) ? s[j][e] * scale_log2 : -INFINITY;
+        tile_max[e / 2] = fmaxf(tile_max[e / 2], s[j][e]);
+      }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float m_new = fmaxf(m[h], quad_max(tile_max[h]));
+      // While a row has seen no key, m stays -inf and exp2(-inf - -inf) would be NaN.
+      const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m[h] - m_new);
+      m[h] = m_new;
+      l[h] *= alpha;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) o[j][2 * h] *= alpha, o[j][2 * h + 1] *= alpha;
+    }
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e / 2;
+        s[j][e] = m[h] == -INFINITY ? 0.0f : exp2f(s[j][e] - m[h]);
+        l[h] += s[j][e];
+      }
+    mma_weights_rows<D, kTile>(o, s, v_tile, 0, lane);
+  }
+
+  float old_lse[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] = quad_sum(l[h]);
+    const int qi = q0 + 16 * warp + g + 8 * h;
+    old_lse[h] = merge && qi < task.nq ? lse[task.lse_offset + static_cast<int64_t>(qi) * task.lse_stride]
+                                       : -INFINITY;
+  }
+  __syncwarp();  // the 4 threads of a row read its old lse before one of them writes the new one
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int qi = q0 + 16 * warp + g + 8 * h;
+    if (qi >= task.nq) continue;
+    // l >= 1 once a key was seen (the max contributes 2^0).
+    const float new_lse = l[h] > 0.0f ? (m[h] + log2f(l[h])) * kLn2 : -INFINITY;
+    const float inv_l = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
+    float keep = 0.0f, take = inv_l * out_scale, merged = new_lse;
+    if (merge) {
+      if (new_lse == -INFINITY) continue;  // this launch saw no key for the row: (out, lse) stand
+      if (old_lse[h] != -INFINITY) {
+        const float hi = fmaxf(old_lse[h], new_lse);
+        merged = hi + log1pf(expf(fminf(old_lse[h], new_lse) - hi));
+        keep = expf(old_lse[h] - merged);
+        take *= expf(new_lse - merged);
+      }
+    }
+    O* row = out + task.q_offset + static_cast<int64_t>(qi) * task.q_stride;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int d = 8 * j + 2 * t + e;
+        const float before = keep == 0.0f ? 0.0f : load_float(row + d) * keep;
+        store_float(row + d, before + o[j][2 * h + e] * take);
+      }
+    if (t == 0) lse[task.lse_offset + static_cast<int64_t>(qi) * task.lse_stride] = merged;
+  }
+}
+
+// Row `row` of a gradient, the fragment row h of acc: := or += mul * acc over its columns.
+template <int D, typename O>
+__device__ __forceinline__ void store_gradient_row(O* row, const float (&acc)[D / 8][4], int h, float mul, int t,
+                                                   bool accumulate) {
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int d = 8 * j + 2 * t + e;
+      const float x = mul * acc[j][2 * h + e];
+      store_float(row + d, accumulate ? load_float(row + d) + x : x);
+    }
+}
+
+// Query columns per step of the dK/dV kernel: at D = 128 its dK and dV accumulators take 128
+// registers a thread, so the scores go 32 queries at a time.
+template <int D>
+constexpr int kDkdvQueries = D <= 64 ? 64 : 32;
+
+template <int D, typename O>
+__global__ void __launch_bounds__(kThreads)
+    dkdv_kernel(O* dk, O* dv, const bf16_t* dout, const float* delta, const float* lse, const bf16_t* q,
+                const bf16_t* k, const bf16_t* v, const DeviceBlockTask* tasks, float scale, bool causal,
+                float dout_scale, bool accumulate) {
+  constexpr int kQueries = kDkdvQueries<D>;
+  const DeviceBlockTask task = tasks[blockIdx.x];
+  const int tile = static_cast<int>(blockIdx.y);  // lowest key tiles first: under a causal mask most queries see them
+  if (tile * kTile >= task.nk) return;
+  const int k0 = tile * kTile;
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int g = lane / 4, t = lane % 4;
+
+  bf16_t* k_tile = reinterpret_cast<bf16_t*>(dynamic_shared_memory());
+  bf16_t* v_tile = k_tile + kTileElements<D>;
+  bf16_t* q_tile = v_tile + kTileElements<D>;
+  bf16_t* dout_tile = q_tile + kTileElements<D>;
+  float* lse_tile = reinterpret_cast<float*>(dout_tile + kTileElements<D>);  // (kTile), log2 units
+  float* delta_tile = lse_tile + kTile;                                       // (kTile)
+
+  load_tile<D>(k_tile, k + task.k_offset, task.k_stride, k0, task.nk);
+  load_tile<D>(v_tile, v + task.k_offset, task.k_stride, k0, task.nk);
+  const float scale_log2 = scale * kLog2e;
+  float dk_acc[D / 8][4], dv_acc[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk_acc[j][e] = dv_acc[j][e] = 0.0f;
+
+  // Causal: queries before k0 see none of these keys (aligned blocks, equal tiles).
+  for (int q0 = causal ? k0 : 0; q0 < task.nq; q0 += kTile) {
+    __syncthreads();  // the previous query tile is no longer read
+    load_tile<D>(q_tile, q + task.q_offset, task.q_stride, q0, task.nq);
+    load_tile<D>(dout_tile, dout + task.q_offset, task.q_stride, q0, task.nq);
+    for (int r = static_cast<int>(threadIdx.x); r < kTile; r += kThreads) {
+      // -inf / 0 past nq, so padding queries get probability 0.
+      const int64_t at = task.lse_offset + static_cast<int64_t>(q0 + r) * task.lse_stride;
+      lse_tile[r] = q0 + r < task.nq ? lse[at] * kLog2e : -INFINITY;
+      delta_tile[r] = q0 + r < task.nq ? delta[at] : 0.0f;
+    }
+    __syncthreads();
+    // Transposed scores: fragment rows are this warp's keys, columns queries c0 + [0, kQueries).
+#pragma unroll 1
+    for (int c0 = 0; c0 < kTile; c0 += kQueries) {
+      float s[kQueries / 8][4], dp[kQueries / 8][4];
+#pragma unroll
+      for (int j = 0; j < kQueries / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.0f;
+      mma_rows_rows<D, kQueries>(s, k_tile, 16 * warp, q_tile, c0, lane);
+      mma_rows_rows<D, kQueries>(dp, v_tile, 16 * warp, dout_tile, c0, lane);
+#pragma unroll
+      for (int j = 0; j < kQueries / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int kj = k0 + 16 * warp + g + 8 * (e / 2), r = c0 + 8 * j + 2 * t + e % 2;
+          const bool visible = q0 + r < task.nq && sees(q0 + r, kj, task.nk, causal);
+          const float p = visible && lse_tile[r] != -INFINITY ? exp2f(s[j][e] * scale_log2 - lse_tile[r]) : 0.0f;
+          s[j][e] = p;
+          dp[j][e] = p * (dout_scale * dp[j][e] - delta_tile[r]);  // dS^T
+        }
+      mma_weights_rows<D, kQueries>(dv_acc, s, dout_tile, c0, lane);
+      mma_weights_rows<D, kQueries>(dk_acc, dp, q_tile, c0, lane);
+    }
+  }
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int kj = k0 + 16 * warp + g + 8 * h;
+    if (kj >= task.nk) continue;
+    const int64_t at = task.k_offset + static_cast<int64_t>(kj) * task.k_stride;
+    store_gradient_row<D>(dk + at, dk_acc, h, scale, t, accumulate);
+    store_gradient_row<D>(dv + at, dv_acc, h, dout_scale, t, accumulate);
+  }
+}
+
+template <int D, typename O>
+__global__ void __launch_bounds__(kThreads)
+    dq_kernel(O* dq, const bf16_t* dout, const float* delta, const float* lse, const bf16_t* q, const bf16_t* k,
+              const bf16_t* v, const DeviceBlockTask* tasks, float scale, bool causal, float dout_scale,
+              bool accumulate) {
+  const DeviceBlockTask task = tasks[blockIdx.x];
+  const int tile = static_cast<int>(gridDim.y - 1 - blockIdx.y);  // highest query tiles first (most keys when causal)
+  if (tile * kTile >= task.nq) return;
+  const int q0 = tile * kTile;
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int g = lane / 4, t = lane % 4;
+
+  bf16_t* q_tile = reinterpret_cast<bf16_t*>(dynamic_shared_memory());
+  bf16_t* dout_tile = q_tile + kTileElements<D>;
+  bf16_t* k_tile = dout_tile + kTileElements<D>;
+  bf16_t* v_tile = k_tile + kTileElements<D>;
+  load_tile<D>(q_tile, q + task.q_offset, task.q_stride, q0, task.nq);
+  load_tile<D>(dout_tile, dout + task.q_offset, task.q_stride, q0, task.nq);
+
+  // lse (log2 units) and delta of fragment rows h; -inf / 0 past nq, so padding rows get p = 0.
+  const float scale_log2 = scale * kLog2e;
+  float row_lse[2], row_delta[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int qi = q0 + 16 * warp + g + 8 * h;
+    const int64_t at = task.lse_offset + static_cast<int64_t>(qi) * task.lse_stride;
+    row_lse[h] = qi < task.nq ? lse[at] * kLog2e : -INFINITY;
+    row_delta[h] = qi < task.nq ? delta[at] : 0.0f;
+  }
+  float dq_acc[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) dq_acc[j][0] = dq_acc[j][1] = dq_acc[j][2] = dq_acc[j][3] = 0.0f;
+
+  const int keys = key_end(task, q0, causal);
+  for (int k0 = 0; k0 < keys; k0 += kTile) {
+    __syncthreads();  // the previous key tile is no longer read
+    load_tile<D>(k_tile, k + task.k_offset, task.k_stride, k0, task.nk);
+    load_tile<D>(v_tile, v + task.k_offset, task.k_stride, k0, task.nk);
+    __syncthreads();
+    float s[kTile / 8][4], dp[kTile / 8][4];
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.0f;
+    mma_rows_rows<D, kTile>(s, q_tile, 16 * warp, k_tile, 0, lane);
+    mma_rows_rows<D, kTile>(dp, dout_tile, 16 * warp, v_tile, 0, lane);
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e / 2, qi = q0 + 16 * warp + g + 8 * h, kj = k0 + 8 * j + 2 * t + e % 2;
+        const bool visible = qi < task.nq && sees(qi, kj, task.nk, causal);
+        const float p = visible && row_lse[h] != -INFINITY ? exp2f(s[j][e] * scale_log2 - row_lse[h]) : 0.0f;
+        s[j][e] = p * (dout_scale * dp[j][e] - row_delta[h]);  // dS
+      }
+    mma_weights_rows<D, kTile>(dq_acc, s, k_tile, 0, lane);
+  }
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int qi = q0 + 16 * warp + g + 8 * h;
+    if (qi >= task.nq) continue;
+    store_gradient_row<D>(dq + task.q_offset + static_cast<int64_t>(qi) * task.q_stride, dq_acc, h, scale, t,
+                          accumulate);
+  }
+}
+
+}  // namespace mma
+}  // namespace block_attention_device
+}  // namespace dilatron
