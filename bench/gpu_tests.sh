@@ -9,8 +9,10 @@ out=${OUT:-bench/results/tmp}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 summary=()
-run() {  # name command...
+run() {  # name command...; skipped when the kit lacks the program
   local name=$1; shift
+  local program=$1; [ "$program" = mpirun ] && program=$3
+  if [ "$program" != compute-sanitizer ] && [ ! -x "$program" ]; then summary+=("$(printf '%-28s not in the kit' "$name")"); return; fi
   local start=$SECONDS
   "$@" > "$out/$name.log" 2>&1
   local rc=$?
@@ -23,10 +25,11 @@ run attention $bin/attention_gpu_test
 run gpt_cuda $bin/gpt_cuda_gpu_test
 run collectives_np1 mpirun -np 1 $bin/collectives_gpu_test_bin
 run collectives_np2 mpirun -np 2 $bin/collectives_gpu_test_bin
+for np in 1 2 4; do run ring_np$np mpirun -np $np $bin/ring_attention_gpu_test_bin; done
 run train_np2 mpirun -np 2 $bin/train_gpu_test_bin
 if [ "${1:-}" = sanitize ]; then
   run memcheck_attention compute-sanitizer --tool memcheck --error-exitcode 9 $bin/attention_gpu_test -tce='*timing*'
-  run racecheck_attention compute-sanitizer --tool racecheck --error-exitcode 9 $bin/attention_gpu_test -tce='*timing*,*large*'
+  run racecheck_attention compute-sanitizer --tool racecheck --error-exitcode 9 $bin/attention_gpu_test -tce='*timing*,*4096*'
   run memcheck_gpt compute-sanitizer --tool memcheck --error-exitcode 9 $bin/gpt_cuda_gpu_test
 fi
 printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
