@@ -27,13 +27,10 @@ class DeviceParameters final : public ParameterSource<float> {
   void gradients_done(int group) override;
 
  private:
-  // Catches a model that breaks the acquire/release protocol, as the CPU resident source does.
-  static void mark(std::vector<bool>& held, int group, bool to, const char* what);
-
   int64_t n_params_;
   Tensor params_, grads_;
   std::vector<int64_t> group_begin_;
-  std::vector<bool> params_held_, grads_held_;
+  HeldGroups params_held_, grads_held_;
 };
 
 }  // namespace dilatron

@@ -60,33 +60,25 @@ class ResidentParameterSource final : public ParameterSource<T> {
       : params_(params),
         grads_(grads),
         group_begin_(std::move(group_begin)),
-        params_held_(group_begin_.size(), false),
-        grads_held_(group_begin_.size(), false) {}
+        params_held_(group_begin_.size()),
+        grads_held_(group_begin_.size()) {}
 
   const T* acquire(int group) override {
-    mark(params_held_, group, true, "acquire");
+    params_held_.mark(group, true, "acquire");
     return params_ + group_begin_[group];
   }
-  void release(int group) override { mark(params_held_, group, false, "release"); }
+  void release(int group) override { params_held_.mark(group, false, "release"); }
   T* acquire_gradients(int group) override {
-    mark(grads_held_, group, true, "acquire_gradients");
+    grads_held_.mark(group, true, "acquire_gradients");
     return grads_ + group_begin_[group];
   }
-  void gradients_done(int group) override { mark(grads_held_, group, false, "gradients_done"); }
+  void gradients_done(int group) override { grads_held_.mark(group, false, "gradients_done"); }
 
  private:
-  static void mark(std::vector<bool>& held, int group, bool to, const char* what) {
-    DILATRON_CHECK(group >= 0 && group < static_cast<int>(held.size()), "{} of group {} outside [0, {})", what,
-                   group, held.size());
-    DILATRON_CHECK(held[group] != to, "{} of group {}, which is {}", what, group,
-                   held[group] ? "already held" : "not held");
-    held[group] = to;
-  }
-
   T* params_;
   T* grads_;
   std::vector<int64_t> group_begin_;
-  std::vector<bool> params_held_, grads_held_;
+  HeldGroups params_held_, grads_held_;
 };
 
 }  // namespace
@@ -199,6 +191,32 @@ void gpt_init_params(const GptShape& s, uint64_t seed, T* flat) {
   for (const ParamSpec& p : gpt_param_specs(s)) gpt_init_param_range(p, s, seed, 0, p.numel, flat + p.offset);
 }
 
+GptGroupOffsets gpt_group_offsets(const GptShape& shape) {
+  const std::vector<ParamSpec> specs = gpt_param_specs(shape);
+  GptGroupOffsets o;
+  o.group_begin.assign(static_cast<size_t>(shape.n_layers) + 2, -1);
+  for (const ParamSpec& p : specs)
+    if (o.group_begin[p.group] < 0) o.group_begin[p.group] = p.offset;
+  std::unordered_map<std::string, int64_t> offset_of;
+  for (const ParamSpec& p : specs) offset_of[p.name] = p.offset - o.group_begin[p.group];
+  auto find = [&](const std::string& name) {
+    auto it = offset_of.find(name);
+    return it == offset_of.end() ? int64_t{-1} : it->second;
+  };
+  o.wte = find("wte");
+  o.wpe = find("wpe");
+  o.lnf_w = find("ln_f.weight");
+  o.lnf_b = find("ln_f.bias");
+  for (int l = 0; l < shape.n_layers; ++l) {
+    const std::string p = "blocks." + std::to_string(l) + ".";
+    o.blocks.push_back({find(p + "ln1.weight"), find(p + "ln1.bias"), find(p + "attn.qkv.weight"),
+                        find(p + "attn.qkv.bias"), find(p + "attn.proj.weight"), find(p + "attn.proj.bias"),
+                        find(p + "ln2.weight"), find(p + "ln2.bias"), find(p + "mlp.fc.weight"),
+                        find(p + "mlp.fc.bias"), find(p + "mlp.proj.weight"), find(p + "mlp.proj.bias")});
+  }
+  return o;
+}
+
 template <typename T>
 Gpt<T>::Gpt(const GptShape& shape, int max_batch, SequenceAttention<T>* attention, ParameterSource<T>* params)
     : shape_(shape),
@@ -209,35 +227,19 @@ Gpt<T>::Gpt(const GptShape& shape, int max_batch, SequenceAttention<T>* attentio
       n_params_(specs_.back().offset + specs_.back().numel),
       source_(params) {
   DILATRON_CHECK_INPUT(max_batch > 0, "max_batch must be positive, got {}", max_batch);
-  std::vector<int64_t> group_begin(static_cast<size_t>(shape.n_layers) + 2, -1);
-  for (const ParamSpec& p : specs_)
-    if (group_begin[p.group] < 0) group_begin[p.group] = p.offset;
+  const GptGroupOffsets offsets = gpt_group_offsets(shape);
   if (source_ == nullptr) {
     params_ = Tensor::zeros({n_params_}, dtype_of<T>());
     grads_ = Tensor::zeros({n_params_}, dtype_of<T>());
-    owned_source_ = std::make_unique<ResidentParameterSource<T>>(params_.data<T>(), grads_.data<T>(), group_begin);
+    owned_source_ =
+        std::make_unique<ResidentParameterSource<T>>(params_.data<T>(), grads_.data<T>(), offsets.group_begin);
     source_ = owned_source_.get();
   }
-
-  std::unordered_map<std::string, int64_t> offset_of;
-  for (const ParamSpec& p : specs_) offset_of[p.name] = p.offset - group_begin[p.group];
-  auto find = [&](const std::string& name) {
-    auto it = offset_of.find(name);
-    return it == offset_of.end() ? int64_t{-1} : it->second;
-  };
-  wte_ = find("wte");
-  wpe_ = find("wpe");
-  lnf_w_ = find("ln_f.weight");
-  lnf_b_ = find("ln_f.bias");
-  for (int l = 0; l < shape.n_layers; ++l) {
-    const std::string p = "blocks." + std::to_string(l) + ".";
-    block_offsets_.push_back({find(p + "ln1.weight"), find(p + "ln1.bias"),
-                              find(p + "attn.qkv.weight"), find(p + "attn.qkv.bias"),
-                              find(p + "attn.proj.weight"), find(p + "attn.proj.bias"),
-                              find(p + "ln2.weight"), find(p + "ln2.bias"),
-                              find(p + "mlp.fc.weight"), find(p + "mlp.fc.bias"),
-                              find(p + "mlp.proj.weight"), find(p + "mlp.proj.bias")});
-  }
+  wte_ = offsets.wte;
+  wpe_ = offsets.wpe;
+  lnf_w_ = offsets.lnf_w;
+  lnf_b_ = offsets.lnf_b;
+  block_offsets_ = offsets.blocks;
 
   const int64_t N = static_cast<int64_t>(max_batch) * shape.seq_len;
   const int64_t C = shape.d_model, F = gpt_ff_width(shape), V = shape.vocab_size;

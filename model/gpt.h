@@ -59,6 +59,21 @@ struct ParamSpec {
 std::vector<ParamSpec> gpt_param_specs(const GptShape& shape);
 int64_t gpt_num_params(const GptShape& shape);
 
+// Where the model finds each parameter inside an acquired group: offsets from the group's first
+// parameter, -1 where the shape has no such tensor (wpe with rotary, norm biases with RMSNorm).
+// wte, wpe are in group 0, lnf_* in group L+1, blocks[l] in group l+1. The CPU and GPU models
+// both read their weights through it.
+struct GptBlockOffsets {
+  int64_t ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b;
+  int64_t ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b;
+};
+struct GptGroupOffsets {
+  int64_t wte, wpe, lnf_w, lnf_b;
+  std::vector<GptBlockOffsets> blocks;
+  std::vector<int64_t> group_begin;  // flat offset of each group's first parameter
+};
+GptGroupOffsets gpt_group_offsets(const GptShape& shape);
+
 // Bytes of the activation arena that Gpt<T>(shape, max_batch) allocates, without allocating
 // it (for memory estimates of models larger than this machine). Kept equal to
 // Gpt::activation_bytes() by a test; change both when the arena changes.
@@ -121,11 +136,7 @@ class Gpt {
     T *ln1_w, *ln1_b, *qkv_w, *qkv_b, *proj_w, *proj_b;
     T *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
   };
-  // The same as offsets into the flat buffer; -1 where absent.
-  struct BlockOffsets {
-    int64_t ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b;
-    int64_t ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b;
-  };
+  using BlockOffsets = GptBlockOffsets;
   using Lse = attention_lse_t<T>;
   static_assert(std::is_same_v<Lse, T>, "the activation arena holds attention lse as T");
 

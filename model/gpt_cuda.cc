@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <type_traits>
-#include <unordered_map>
 
 #include "attention/dilated_spec.h"
 #include "core/check.h"
@@ -87,29 +86,14 @@ GptCuda<T>::GptCuda(const GptShape& shape, int max_batch, ParameterSource<float>
     attention_ = owned_attention_.get();
   }
 
-  std::vector<int64_t> group_begin(L + 2, -1);
   group_numel_.assign(L + 2, 0);
-  for (const ParamSpec& p : specs_) {
-    if (group_begin[p.group] < 0) group_begin[p.group] = p.offset;
-    group_numel_[p.group] += p.numel;
-  }
-  std::unordered_map<std::string, int64_t> offset_of;
-  for (const ParamSpec& p : specs_) offset_of[p.name] = p.offset - group_begin[p.group];
-  auto find = [&](const std::string& name) {
-    auto it = offset_of.find(name);
-    return it == offset_of.end() ? int64_t{-1} : it->second;
-  };
-  wte_ = find("wte");
-  wpe_ = find("wpe");
-  lnf_w_ = find("ln_f.weight");
-  lnf_b_ = find("ln_f.bias");
-  for (int l = 0; l < L; ++l) {
-    const std::string p = "blocks." + std::to_string(l) + ".";
-    block_offsets_.push_back({find(p + "ln1.weight"), find(p + "ln1.bias"), find(p + "attn.qkv.weight"),
-                              find(p + "attn.qkv.bias"), find(p + "attn.proj.weight"), find(p + "attn.proj.bias"),
-                              find(p + "ln2.weight"), find(p + "ln2.bias"), find(p + "mlp.fc.weight"),
-                              find(p + "mlp.fc.bias"), find(p + "mlp.proj.weight"), find(p + "mlp.proj.bias")});
-  }
+  for (const ParamSpec& p : specs_) group_numel_[p.group] += p.numel;
+  const GptGroupOffsets offsets = gpt_group_offsets(shape);
+  wte_ = offsets.wte;
+  wpe_ = offsets.wpe;
+  lnf_w_ = offsets.lnf_w;
+  lnf_b_ = offsets.lnf_b;
+  block_offsets_ = offsets.blocks;
 
   const int64_t N = static_cast<int64_t>(max_batch) * shape.seq_len;
   const int64_t H = shape.n_heads;

@@ -68,10 +68,7 @@ class GptCuda {
   int64_t activation_bytes() const { return arena_bytes_; }
 
  private:
-  struct BlockOffsets {
-    int64_t ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b;
-    int64_t ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b;
-  };
+  using BlockOffsets = GptBlockOffsets;
   template <typename P>
   struct BlockWeights {
     P *ln1_w, *ln1_b, *qkv_w, *qkv_b, *proj_w, *proj_b;

@@ -7,7 +7,29 @@
 // the group's first parameter (offset - first offset of the group).
 #pragma once
 
+#include <vector>
+
+#include "core/check.h"
+
 namespace dilatron {
+
+// Which groups a source has handed out, so a model that breaks the acquire/release protocol
+// fails loudly instead of reading a buffer that was given back.
+class HeldGroups {
+ public:
+  explicit HeldGroups(size_t groups) : held_(groups, false) {}
+  // what: the call ("acquire", "release", ...); to: held after it.
+  void mark(int group, bool to, const char* what) {
+    DILATRON_CHECK(group >= 0 && group < static_cast<int>(held_.size()), "{} of group {} outside [0, {})", what,
+                   group, held_.size());
+    DILATRON_CHECK(held_[group] != to, "{} of group {}, which is {}", what, group,
+                   held_[group] ? "already held" : "not held");
+    held_[group] = to;
+  }
+
+ private:
+  std::vector<bool> held_;
+};
 
 template <typename T>
 class ParameterSource {
