@@ -167,14 +167,22 @@ class DeviceBuffer {
     std::vector<E> converted(count_);
     for (size_t i = 0; i < count_; ++i) converted[i] = from_float<E>(host[i]);
     DILATRON_CUDA_CHECK(cudaMemcpy(ptr_, converted.data(), count_ * sizeof(E), cudaMemcpyHostToDevice));
+    // A pageable upload may return before its DMA lands, and the ring reads on a non-blocking
+    // stream, which the legacy stream's copy does not order.
+    DILATRON_CUDA_CHECK(cudaDeviceSynchronize());
   }
   ~DeviceBuffer() { (void)cudaFree(ptr_); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 
   E* get() const { return ptr_; }
-  // All bits set: a NaN in fp32 and in bf16.
-  void poison() { DILATRON_CUDA_CHECK(cudaMemset(ptr_, 0xff, count_ * sizeof(E))); }
+  // All bits set: a NaN in fp32 and in bf16. Queued on the stream the ring runs on: cudaMemset
+  // on the legacy stream is asynchronous for device memory and unordered with a non-blocking
+  // stream, so it could land after the forward's zero/-inf fill (ranks time-sliced on one GPU
+  // made it do so: out NaN, lse + ln 2 from merging into a NaN lse).
+  void poison(cudaStream_t stream) {
+    DILATRON_CUDA_CHECK(cudaMemsetAsync(ptr_, 0xff, count_ * sizeof(E), stream));
+  }
   std::vector<E> raw() const {
     DILATRON_CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<E> raw(count_);
@@ -361,8 +369,8 @@ void check_case(RingFixture& f, Transport& t, const Case& c, bool causal, int ma
   std::vector<T> first[4];
   std::vector<float> first_lse;
   for (int call = 0; call < 2; ++call) {
-    for (DeviceBuffer<T>* x : {&out, &dq, &dk, &dv}) x->poison();
-    lse.poison();
+    for (DeviceBuffer<T>* x : {&out, &dq, &dk, &dv}) x->poison(f.stream());
+    lse.poison(f.stream());
     ring.forward(out.get(), lse.get(), q_dev.get(), k_dev.get(), v_dev.get(), kB, static_cast<int>(Tc), c.H, c.D,
                  f.stream());
     ring.backward(dq.get(), dk.get(), dv.get(), dout_dev.get(), out.get(), lse.get(), q_dev.get(), k_dev.get(),
