@@ -11,7 +11,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 summary=()
 run() {  # name command...; skipped when the kit lacks the program
   local name=$1; shift
-  local program=$1; [ "$program" = mpirun ] && program=$3
+  local program=$1; [ "$program" = mpirun ] && program=$4
   if [ "$program" != compute-sanitizer ] && [ ! -x "$program" ]; then summary+=("$(printf '%-28s not in the kit' "$name")"); return; fi
   local start=$SECONDS
   "$@" > "$out/$name.log" 2>&1
