@@ -11,14 +11,6 @@
 namespace dilatron {
 namespace {
 
-// Group (= branch index) of head h when H heads are split into G groups in order, the first
-// H mod G groups holding one extra head.
-int head_group(int h, int H, int G) {
-  const int small = H / G, extra = H % G;
-  const int in_large_groups = extra * (small + 1);
-  return h < in_large_groups ? h / (small + 1) : extra + (h - in_large_groups) / small;
-}
-
 // One dilated segment of one head: rows first, first + r, ..., first + (count - 1) r.
 struct DilatedRows {
   int64_t first;
@@ -31,9 +23,9 @@ template <class Visit>
 void for_each_segment(const DilatedSpec& spec, int64_t n, int H, int h, Visit&& visit) {
   const int G = static_cast<int>(spec.branches.size());
   for (int i = 0; i < G; ++i) {
-    if (spec.mode == DilatedMode::head_groups && head_group(h, H, G) != i) continue;
+    if (!branch_heads(spec, i, H).contains(h)) continue;
     const auto [w, r] = spec.branches[i];
-    const int64_t offset = (spec.mode == DilatedMode::longnet ? h : i) % r;
+    const int64_t offset = head_offset(spec, i, h);
     for (int64_t start = 0; start < n; start += w) visit(i, DilatedRows{start + offset, r, w / r});
   }
 }

@@ -21,23 +21,14 @@
 namespace dilatron {
 namespace {
 
-// Group (= branch index) of head h when H heads are split into G groups in order, the first
-// H mod G groups holding one extra head (as in attention/dilated_attention.cc).
-int head_group(int h, int H, int G) {
-  const int small = H / G, extra = H % G;
-  const int in_large_groups = extra * (small + 1);
-  return h < in_large_groups ? h / (small + 1) : extra + (h - in_large_groups) / small;
-}
-
 DilatedLaunch branch_launch(const DilatedSpec& spec, int branch, int max_B, int64_t n, int H, int D) {
-  const int G = static_cast<int>(spec.branches.size());
   const auto [w, r] = spec.branches[branch];
   const int64_t row = static_cast<int64_t>(H) * D;
   DilatedLaunch launch{branch, {}, 0, static_cast<int>(w / r), false};
   for (int b = 0; b < max_B; ++b) {
     for (int h = 0; h < H; ++h) {
-      if (spec.mode == DilatedMode::head_groups && head_group(h, H, G) != branch) continue;
-      const int64_t offset = (spec.mode == DilatedMode::longnet ? h : branch) % r;
+      if (!branch_heads(spec, branch, H).contains(h)) continue;
+      const int64_t offset = head_offset(spec, branch, h);
       for (int64_t start = 0; start < n; start += w) {
         const int64_t first = start + offset;
         const int64_t at = (static_cast<int64_t>(b) * n + first) * row + static_cast<int64_t>(h) * D;

@@ -1,8 +1,23 @@
 #include "attention/dilated_spec.h"
 
+#include <algorithm>
+
 #include "core/check.h"
 
 namespace dilatron {
+
+HeadRange branch_heads(const DilatedSpec& spec, int branch, int H) {
+  if (spec.mode == DilatedMode::longnet) return {0, H};
+  const int G = static_cast<int>(spec.branches.size());
+  const int base = H / G, extra = H % G;
+  const int begin = branch * base + std::min(branch, extra);
+  return {begin, begin + base + (branch < extra ? 1 : 0)};
+}
+
+int64_t head_offset(const DilatedSpec& spec, int branch, int h) {
+  const int64_t r = spec.branches[branch].dilation;
+  return spec.mode == DilatedMode::longnet ? h % r : branch % r;
+}
 
 void validate_dilated_spec(const DilatedSpec& spec, int64_t n, int heads, const char* key) {
   DILATRON_CHECK_INPUT(!spec.branches.empty(), "{}.segment_lengths: needs at least one branch", key);

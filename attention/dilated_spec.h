@@ -32,6 +32,19 @@ struct DilatedSpec {
 // messages (e.g. "attention").
 void validate_dilated_spec(const DilatedSpec& spec, int64_t n, int heads, const char* key = "attention");
 
+// The heads that take part in a branch: all H in longnet; in head_groups the branch's own group,
+// groups of H / G heads in order with the first H mod G groups one head larger.
+struct HeadRange {
+  int begin, end;
+  int count() const { return end - begin; }
+  bool contains(int h) const { return begin <= h && h < end; }
+};
+HeadRange branch_heads(const DilatedSpec& spec, int branch, int H);
+
+// The residue (position mod r) of the queries and keys head h sees in a branch: h mod r in
+// longnet, branch mod r in head_groups.
+int64_t head_offset(const DilatedSpec& spec, int branch, int h);
+
 // Dense attention as a dilated pattern: one branch (n, 1).
 DilatedSpec dense_as_dilated(int64_t n, bool causal);
 

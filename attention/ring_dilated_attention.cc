@@ -17,26 +17,6 @@ DType dtype_of() {
   return std::is_same_v<T, double> ? DType::f64 : DType::f32;
 }
 
-// Heads [begin, end) take part in a branch.
-struct HeadRange {
-  int begin, end;
-  int count() const { return end - begin; }
-};
-
-HeadRange branch_heads(const DilatedSpec& spec, int branch, int H) {
-  if (spec.mode == DilatedMode::longnet) return {0, H};
-  const int G = static_cast<int>(spec.branches.size());
-  const int base = H / G, extra = H % G;
-  const int begin = branch * base + std::min(branch, extra);
-  return {begin, begin + base + (branch < extra ? 1 : 0)};
-}
-
-// The residue (position mod r) of the queries and keys head h sees in a branch.
-int64_t head_offset(const DilatedSpec& spec, int branch, int h) {
-  const int64_t r = spec.branches[branch].dilation;
-  return spec.mode == DilatedMode::longnet ? h % r : branch % r;
-}
-
 int64_t score_pairs(int64_t rows, BlockMask mask) {
   return mask == BlockMask::causal ? rows * (rows + 1) / 2 : rows * rows;
 }

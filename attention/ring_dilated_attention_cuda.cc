@@ -19,27 +19,6 @@
 namespace dilatron {
 namespace {
 
-// Heads [begin, end) take part in a branch: all in longnet; in head_groups group `branch`, the
-// first H mod G groups holding one extra head.
-struct HeadRange {
-  int begin, end;
-  int count() const { return end - begin; }
-};
-
-HeadRange branch_heads(const DilatedSpec& spec, int branch, int H) {
-  if (spec.mode == DilatedMode::longnet) return {0, H};
-  const int G = static_cast<int>(spec.branches.size());
-  const int base = H / G, extra = H % G;
-  const int begin = branch * base + std::min(branch, extra);
-  return {begin, begin + base + (branch < extra ? 1 : 0)};
-}
-
-// The residue (position mod r) of the queries and keys head h sees in a branch.
-int64_t head_offset(const DilatedSpec& spec, int branch, int h) {
-  const int64_t r = spec.branches[branch].dilation;
-  return spec.mode == DilatedMode::longnet ? h % r : branch % r;
-}
-
 // Offsets in this rank's (B, Tc, H, D) chunk and (B, H, Tc) lse.
 struct ChunkLayout {
   int64_t Tc;
