@@ -12,7 +12,10 @@
 // block_attention_backward; they write or add (+=) their result. No atomics: the result is
 // deterministic. No (nq, nk) matrix is ever stored beyond one 64 x 64 tile per CTA.
 //
-// All arithmetic is fp32 (inputs T = float or bf16 are converted on load). D <= 128.
+// bf16 inputs at D = 64 and 128 run the products on tensor cores (mma.sync m16n8k16, fp32
+// accumulation; probabilities and dS rounded to bf16 before their products, as FlashAttention
+// does); every other case runs fp32 arithmetic on the CUDA cores. Softmax statistics, lse and
+// accumulators are fp32 everywhere. D <= 128.
 // A row that sees no key gets out = 0, lse = -inf and probability 0 in the backward; never NaN.
 #pragma once
 
