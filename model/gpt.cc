@@ -195,8 +195,11 @@ GptGroupOffsets gpt_group_offsets(const GptShape& shape) {
   const std::vector<ParamSpec> specs = gpt_param_specs(shape);
   GptGroupOffsets o;
   o.group_begin.assign(static_cast<size_t>(shape.n_layers) + 2, -1);
-  for (const ParamSpec& p : specs)
+  o.group_numel.assign(o.group_begin.size(), 0);
+  for (const ParamSpec& p : specs) {
     if (o.group_begin[p.group] < 0) o.group_begin[p.group] = p.offset;
+    o.group_numel[p.group] += p.numel;
+  }
   std::unordered_map<std::string, int64_t> offset_of;
   for (const ParamSpec& p : specs) offset_of[p.name] = p.offset - o.group_begin[p.group];
   auto find = [&](const std::string& name) {
@@ -225,21 +228,16 @@ Gpt<T>::Gpt(const GptShape& shape, int max_batch, SequenceAttention<T>* attentio
       attention_(attention ? attention : owned_attention_.get()),
       specs_(gpt_param_specs(shape)),
       n_params_(specs_.back().offset + specs_.back().numel),
-      source_(params) {
+      source_(params),
+      offsets_(gpt_group_offsets(shape)) {
   DILATRON_CHECK_INPUT(max_batch > 0, "max_batch must be positive, got {}", max_batch);
-  const GptGroupOffsets offsets = gpt_group_offsets(shape);
   if (source_ == nullptr) {
     params_ = Tensor::zeros({n_params_}, dtype_of<T>());
     grads_ = Tensor::zeros({n_params_}, dtype_of<T>());
     owned_source_ =
-        std::make_unique<ResidentParameterSource<T>>(params_.data<T>(), grads_.data<T>(), offsets.group_begin);
+        std::make_unique<ResidentParameterSource<T>>(params_.data<T>(), grads_.data<T>(), offsets_.group_begin);
     source_ = owned_source_.get();
   }
-  wte_ = offsets.wte;
-  wpe_ = offsets.wpe;
-  lnf_w_ = offsets.lnf_w;
-  lnf_b_ = offsets.lnf_b;
-  block_offsets_ = offsets.blocks;
 
   const int64_t N = static_cast<int64_t>(max_batch) * shape.seq_len;
   const int64_t C = shape.d_model, F = gpt_ff_width(shape), V = shape.vocab_size;
@@ -320,7 +318,7 @@ void Gpt<T>::zero_grads() {
 
 template <typename T>
 typename Gpt<T>::BlockWeights Gpt<T>::block_weights(const T* group, int layer) const {
-  const BlockOffsets& o = block_offsets_[layer];
+  const BlockOffsets& o = offsets_.blocks[layer];
   // BlockWeights serves parameters (read only) and gradients alike.
   T* flat = const_cast<T*>(group);
   auto at = [flat](int64_t offset) { return offset < 0 ? nullptr : flat + offset; };
@@ -434,9 +432,9 @@ double Gpt<T>::forward(const int32_t* tokens, const int32_t* targets, int B, int
   src.will_acquire(0);
 
   const T* embeddings = src.acquire(0);
-  token_embedding_forward(residual_[0], tokens_.data(), embeddings + wte_, N, C, V);
+  token_embedding_forward(residual_[0], tokens_.data(), embeddings + offsets_.wte, N, C, V);
   if (shape_.position == PositionKind::learned)
-    position_embedding_forward(residual_[0], embeddings + wpe_, B, Tc, C, pos0);
+    position_embedding_forward(residual_[0], embeddings + offsets_.wpe, B, Tc, C, pos0);
   src.release(0);
   for (int l = 0; l < L; ++l) {
     const T* weights = src.acquire(l + 1);
@@ -444,11 +442,11 @@ double Gpt<T>::forward(const int32_t* tokens, const int32_t* targets, int B, int
     src.release(l + 1);
   }
   const T* final_norm = src.acquire(L + 1);
-  norm_forward(lnf_, lnf_mean_, lnf_rstd_, residual_[L], final_norm + lnf_w_,
-               lnf_b_ < 0 ? nullptr : final_norm + lnf_b_);
+  norm_forward(lnf_, lnf_mean_, lnf_rstd_, residual_[L], final_norm + offsets_.lnf_w,
+               offsets_.lnf_b < 0 ? nullptr : final_norm + offsets_.lnf_b);
   src.release(L + 1);
   const T* head = src.acquire(0);
-  matmul_forward<T>(logits_, lnf_, head + wte_, nullptr, N, C, V);
+  matmul_forward<T>(logits_, lnf_, head + offsets_.wte, nullptr, N, C, V);
   src.release(0);
   logits_valid_ = true;
   backward_ready_ = targets != nullptr;
@@ -478,13 +476,13 @@ void Gpt<T>::backward(double dloss_weight) {
   const T* embeddings = src.acquire(0);
   T* d_embeddings = src.acquire_gradients(0);
   std::fill(d_norm_, d_norm_ + N * C, T(0));
-  matmul_backward<T>(d_norm_, d_embeddings + wte_, nullptr, dlogits, lnf_, embeddings + wte_, N, C, V);
+  matmul_backward<T>(d_norm_, d_embeddings + offsets_.wte, nullptr, dlogits, lnf_, embeddings + offsets_.wte, N, C, V);
   {
     const T* final_norm = src.acquire(L + 1);
     T* d_final_norm = src.acquire_gradients(L + 1);
     std::fill(d_residual_, d_residual_ + N * C, T(0));
-    norm_backward(d_residual_, d_final_norm + lnf_w_, lnf_b_ < 0 ? nullptr : d_final_norm + lnf_b_, d_norm_,
-                  residual_[L], final_norm + lnf_w_, lnf_mean_, lnf_rstd_);
+    norm_backward(d_residual_, d_final_norm + offsets_.lnf_w, offsets_.lnf_b < 0 ? nullptr : d_final_norm + offsets_.lnf_b, d_norm_,
+                  residual_[L], final_norm + offsets_.lnf_w, lnf_mean_, lnf_rstd_);
     src.gradients_done(L + 1);
     src.release(L + 1);
   }
@@ -497,9 +495,9 @@ void Gpt<T>::backward(double dloss_weight) {
     src.gradients_done(l + 1);
     src.release(l + 1);
   }
-  token_embedding_backward(d_embeddings + wte_, d_residual_, tokens_.data(), N, C);
+  token_embedding_backward(d_embeddings + offsets_.wte, d_residual_, tokens_.data(), N, C);
   if (shape_.position == PositionKind::learned)
-    position_embedding_backward(d_embeddings + wpe_, d_residual_, B_, Tc_, C, pos0_);
+    position_embedding_backward(d_embeddings + offsets_.wpe, d_residual_, B_, Tc_, C, pos0_);
   src.gradients_done(0);
   src.release(0);
 }

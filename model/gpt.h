@@ -71,6 +71,7 @@ struct GptGroupOffsets {
   int64_t wte, wpe, lnf_w, lnf_b;
   std::vector<GptBlockOffsets> blocks;
   std::vector<int64_t> group_begin;  // flat offset of each group's first parameter
+  std::vector<int64_t> group_numel;  // elements of each group
 };
 GptGroupOffsets gpt_group_offsets(const GptShape& shape);
 
@@ -170,10 +171,7 @@ class Gpt {
   Tensor params_, grads_, arena_;  // params_, grads_ empty with an external source
   std::unique_ptr<ParameterSource<T>> owned_source_;
   ParameterSource<T>* source_;
-  // Offsets from the start of their group's buffer; -1 when absent. wte_, wpe_ in group 0,
-  // lnf_* in group L+1, block_offsets_[l] in group l+1.
-  int64_t wte_, wpe_, lnf_w_, lnf_b_;
-  std::vector<BlockOffsets> block_offsets_;
+  GptGroupOffsets offsets_;
 
   // Carved from arena_.
   std::vector<T*> residual_;  // L + 1 of (N, C): block inputs, then the final norm input

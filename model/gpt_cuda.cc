@@ -75,7 +75,8 @@ GptCuda<T>::GptCuda(const GptShape& shape, int max_batch, ParameterSource<float>
       source_(params),
       attention_(attention),
       stream_(stream),
-      specs_(gpt_param_specs(shape)) {
+      specs_(gpt_param_specs(shape)),
+      offsets_(gpt_group_offsets(shape)) {
   validate_gpt_shape_for_cuda(shape);
   DILATRON_CHECK_INPUT(max_batch > 0, "max_batch must be positive, got {}", max_batch);
   const int L = shape.n_layers, C = shape.d_model, F = gpt_ff_width(shape), V = shape.vocab_size;
@@ -86,14 +87,6 @@ GptCuda<T>::GptCuda(const GptShape& shape, int max_batch, ParameterSource<float>
     attention_ = owned_attention_.get();
   }
 
-  group_numel_.assign(L + 2, 0);
-  for (const ParamSpec& p : specs_) group_numel_[p.group] += p.numel;
-  const GptGroupOffsets offsets = gpt_group_offsets(shape);
-  wte_ = offsets.wte;
-  wpe_ = offsets.wpe;
-  lnf_w_ = offsets.lnf_w;
-  lnf_b_ = offsets.lnf_b;
-  block_offsets_ = offsets.blocks;
 
   const int64_t N = static_cast<int64_t>(max_batch) * shape.seq_len;
   const int64_t H = shape.n_heads;
@@ -101,11 +94,11 @@ GptCuda<T>::GptCuda(const GptShape& shape, int max_batch, ParameterSource<float>
                                       : std::max<int64_t>(1, kLogitsChunkBytes / (V * static_cast<int64_t>(sizeof(T))));
   chunk_rows_ = std::min(chunk_rows_, N);
   const int64_t largest_block_group =
-      *std::max_element(group_numel_.begin() + 1, group_numel_.end());
+      *std::max_element(offsets_.group_numel.begin() + 1, offsets_.group_numel.end());
   const bool copies = std::is_same_v<T, bf16>;  // fp32 compute reads the master weights directly
   const int n_saved_blocks = shape.recompute ? 1 : L;
   auto carve = [&](ByteCarver& a) {
-    group0_copy_ = copies ? a.take<T>(group_numel_[0]) : nullptr;
+    group0_copy_ = copies ? a.take<T>(offsets_.group_numel[0]) : nullptr;
     group_copy_ = copies ? a.take<T>(largest_block_group) : nullptr;
     residual_.clear();
     for (int l = 0; l <= L; ++l) residual_.push_back(a.take<T>(N * C));
@@ -172,7 +165,7 @@ const T* GptCuda<T>::compute_copy(const float* group, int g, T* scratch) {
     (void)g, (void)scratch;
     return group;
   } else {
-    convert_from_float(k(scratch), group, group_numel_[g], stream_);
+    convert_from_float(k(scratch), group, offsets_.group_numel[g], stream_);
     return scratch;
   }
 }
@@ -180,7 +173,7 @@ const T* GptCuda<T>::compute_copy(const float* group, int g, T* scratch) {
 template <typename T>
 template <typename P>
 typename GptCuda<T>::template BlockWeights<P> GptCuda<T>::block_weights(P* group, int layer) const {
-  const BlockOffsets& o = block_offsets_[layer];
+  const BlockOffsets& o = offsets_.blocks[layer];
   auto at = [group](int64_t offset) { return offset < 0 ? nullptr : group + offset; };
   return {at(o.ln1_w), at(o.ln1_b), at(o.qkv_w), at(o.qkv_b), at(o.proj_w),   at(o.proj_b),
           at(o.ln2_w), at(o.ln2_b), at(o.fc_w),  at(o.fc_b),  at(o.fcproj_w), at(o.fcproj_b)};
@@ -292,9 +285,9 @@ void GptCuda<T>::trunk_forward(const int32_t* tokens, const int32_t* targets, in
 
   const float* embeddings = source_.acquire(0);
   const T* emb = compute_copy(embeddings, 0, group0_copy_);
-  token_embedding_forward(k(residual_[0]), tokens_, k(emb + wte_), N, C, V, stream_);
+  token_embedding_forward(k(residual_[0]), tokens_, k(emb + offsets_.wte), N, C, V, stream_);
   if (shape_.position == PositionKind::learned)
-    position_embedding_forward(k(residual_[0]), k(emb + wpe_), B, Tc, C, pos0, stream_);
+    position_embedding_forward(k(residual_[0]), k(emb + offsets_.wpe), B, Tc, C, pos0, stream_);
   source_.release(0);
   for (int l = 0; l < L; ++l) {
     const T* weights = compute_copy(source_.acquire(l + 1), l + 1, group_copy_);
@@ -302,8 +295,8 @@ void GptCuda<T>::trunk_forward(const int32_t* tokens, const int32_t* targets, in
     source_.release(l + 1);
   }
   const T* final_norm = compute_copy(source_.acquire(L + 1), L + 1, group_copy_);
-  norm_forward(lnf_, lnf_mean_, lnf_rstd_, residual_[L], final_norm + lnf_w_,
-               lnf_b_ < 0 ? nullptr : final_norm + lnf_b_);
+  norm_forward(lnf_, lnf_mean_, lnf_rstd_, residual_[L], final_norm + offsets_.lnf_w,
+               offsets_.lnf_b < 0 ? nullptr : final_norm + offsets_.lnf_b);
   source_.release(L + 1);
 }
 
@@ -343,7 +336,7 @@ double GptCuda<T>::forward(const int32_t* tokens, const int32_t* targets, int B,
   source_.will_acquire(0);
   trunk_forward(tokens, targets, B, Tc, pos0);
   const T* emb = compute_copy(source_.acquire(0), 0, group0_copy_);
-  const double loss = head(emb + wte_, nullptr, 0.0);
+  const double loss = head(emb + offsets_.wte, nullptr, 0.0);
   source_.release(0);
   if (!has_targets_) DILATRON_CUDA_CHECK(cudaStreamSynchronize(stream_));
   return loss;
@@ -364,14 +357,14 @@ double GptCuda<T>::forward_backward(const int32_t* tokens, const int32_t* target
   // Group 0 serves the LM head now and the embedding at the end: held across the whole pass.
   const T* emb = compute_copy(source_.acquire(0), 0, group0_copy_);
   float* d_emb = source_.acquire_gradients(0);
-  const double loss = head(emb + wte_, d_emb + wte_, dloss_weight);  // d_norm_ := d lnf
+  const double loss = head(emb + offsets_.wte, d_emb + offsets_.wte, dloss_weight);  // d_norm_ := d lnf
   {
     const float* final_norm_master = source_.acquire(L + 1);
     const T* final_norm = compute_copy(final_norm_master, L + 1, group_copy_);
     float* d_final_norm = source_.acquire_gradients(L + 1);
     zero(d_residual_, N * C * static_cast<int64_t>(sizeof(T)));  // the norm backward adds
-    norm_backward(d_residual_, d_final_norm + lnf_w_, lnf_b_ < 0 ? nullptr : d_final_norm + lnf_b_, d_norm_,
-                  residual_[L], final_norm + lnf_w_, lnf_mean_, lnf_rstd_);
+    norm_backward(d_residual_, d_final_norm + offsets_.lnf_w, offsets_.lnf_b < 0 ? nullptr : d_final_norm + offsets_.lnf_b, d_norm_,
+                  residual_[L], final_norm + offsets_.lnf_w, lnf_mean_, lnf_rstd_);
     source_.gradients_done(L + 1);
     source_.release(L + 1);
   }
@@ -384,9 +377,9 @@ double GptCuda<T>::forward_backward(const int32_t* tokens, const int32_t* target
     source_.gradients_done(l + 1);
     source_.release(l + 1);
   }
-  token_embedding_backward(d_emb + wte_, k(d_residual_), buckets_, num_buckets_, C, stream_);
+  token_embedding_backward(d_emb + offsets_.wte, k(d_residual_), buckets_, num_buckets_, C, stream_);
   if (shape_.position == PositionKind::learned)
-    position_embedding_backward(d_emb + wpe_, k(d_residual_), B_, Tc_, C, pos0_, stream_);
+    position_embedding_backward(d_emb + offsets_.wpe, k(d_residual_), B_, Tc_, C, pos0_, stream_);
   source_.gradients_done(0);
   source_.release(0);
   return loss;

@@ -109,9 +109,7 @@ class GptCuda {
   cudaStream_t stream_;
   MatmulContext matmul_;
   std::vector<ParamSpec> specs_;
-  std::vector<int64_t> group_numel_;
-  int64_t wte_, wpe_, lnf_w_, lnf_b_;
-  std::vector<BlockOffsets> block_offsets_;
+  GptGroupOffsets offsets_;
   int64_t chunk_rows_;
 
   Tensor arena_;  // device bytes

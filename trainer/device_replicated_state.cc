@@ -33,6 +33,7 @@ class DeviceReplicatedState final : public TrainingState {
  public:
   DeviceReplicatedState(const GptShape& shape, Communicator& device_world, cudaStream_t stream)
       : shape_(shape),
+        specs_(gpt_param_specs(shape)),
         world_(device_world),
         stream_(stream),
         params_(shape),
@@ -58,7 +59,7 @@ class DeviceReplicatedState final : public TrainingState {
   double gradient_sum_of_squares() override { return sum_of_squares_cuda(params_.grads(), n(), stream_); }
   void scale_gradients(float factor) override { scale_cuda(params_.grads(), n(), factor, stream_); }
   void adamw_step(const OptimizerConfig& o, float lr, int64_t step) override {
-    for (const ParamSpec& p : gpt_param_specs(shape_)) {
+    for (const ParamSpec& p : specs_) {
       AdamWStep s{lr, static_cast<float>(o.beta1), static_cast<float>(o.beta2), static_cast<float>(o.eps),
                   p.weight_decay ? static_cast<float>(o.weight_decay) : 0.0f, step};
       adamw_update_cuda(params_.params() + p.offset, params_.grads() + p.offset, adam_m_.data<float>() + p.offset,
@@ -96,6 +97,7 @@ class DeviceReplicatedState final : public TrainingState {
   int64_t n() const { return params_.num_params(); }
 
   GptShape shape_;
+  std::vector<ParamSpec> specs_;
   Communicator& world_;
   cudaStream_t stream_;
   DeviceParameters params_;

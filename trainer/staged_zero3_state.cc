@@ -22,12 +22,9 @@ namespace {
 class DeviceStagedSource final : public ParameterSource<float> {
  public:
   DeviceStagedSource(ParameterSource<float>& host, const GptShape& shape, cudaStream_t stream)
-      : host_(host), stream_(stream) {
-    std::vector<int64_t> numel(static_cast<size_t>(shape.n_layers) + 2, 0);
-    for (const ParamSpec& p : gpt_param_specs(shape)) numel[p.group] += p.numel;
-    numel_ = numel;
-    const int64_t largest_other = *std::max_element(numel.begin() + 1, numel.end());
-    for (Slot* s : {&params_[0], &grads_[0]}) s->buffer = Tensor::empty({numel[0]}, DType::f32, Device::cuda);
+      : host_(host), stream_(stream), numel_(gpt_group_offsets(shape).group_numel) {
+    const int64_t largest_other = *std::max_element(numel_.begin() + 1, numel_.end());
+    for (Slot* s : {&params_[0], &grads_[0]}) s->buffer = Tensor::empty({numel_[0]}, DType::f32, Device::cuda);
     for (Slot* s : {&params_[1], &grads_[1]}) s->buffer = Tensor::empty({largest_other}, DType::f32, Device::cuda);
   }
 
