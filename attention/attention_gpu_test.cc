@@ -29,6 +29,7 @@
 
 #include "attention/device_sequence_attention.h"
 #include "attention/dilated_attention.h"
+#include "attention/attention_gpu_test_support.h"
 #include "attention/dilated_attention_cuda.h"
 #include "core/bf16.h"
 #include "core/check.h"
@@ -39,74 +40,8 @@
 namespace dilatron {
 namespace {
 
-template <typename T>
-constexpr bool kIsBf16 = std::is_same_v<T, bf16>;
+using namespace attention_test;
 
-template <typename T>
-const char* dtype_name() {
-  return kIsBf16<T> ? "bf16" : "fp32";
-}
-template <typename T>
-double tolerance() {
-  return kIsBf16<T> ? 1e-2 : 1e-5;
-}
-constexpr double kLseTolerance = 1e-5;
-
-float to_float(float x) { return x; }
-float to_float(bf16 x) { return x.to_float(); }
-template <typename T>
-T from_float(float x) {
-  if constexpr (kIsBf16<T>) return bf16::from_float(x);
-  else return x;
-}
-
-// Normal values already rounded to what T holds, as float.
-template <typename T>
-std::vector<float> random_inputs(uint64_t seed, uint64_t stream, int64_t count) {
-  CounterRng rng(seed, stream);
-  std::vector<float> x(static_cast<size_t>(count));
-  for (float& e : x) e = to_float(from_float<T>(static_cast<float>(rng.normal())));
-  return x;
-}
-
-// A device array of E, uploaded from / downloaded to float.
-template <typename E>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(int64_t count) : count_(static_cast<size_t>(count)) {
-    DILATRON_CUDA_CHECK(cudaMalloc(&ptr_, std::max<size_t>(count_, 1) * sizeof(E)));
-  }
-  explicit DeviceBuffer(const std::vector<float>& host) : DeviceBuffer(static_cast<int64_t>(host.size())) {
-    std::vector<E> converted(count_);
-    for (size_t i = 0; i < count_; ++i) converted[i] = from_float<E>(host[i]);
-    DILATRON_CUDA_CHECK(cudaMemcpy(ptr_, converted.data(), count_ * sizeof(E), cudaMemcpyHostToDevice));
-  }
-  ~DeviceBuffer() { cudaFree(ptr_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-  E* get() const { return ptr_; }
-  // All bits set: a NaN in fp32 and in bf16.
-  void poison() { DILATRON_CUDA_CHECK(cudaMemset(ptr_, 0xff, count_ * sizeof(E))); }
-  std::vector<float> download() const {
-    DILATRON_CUDA_CHECK(cudaDeviceSynchronize());
-    std::vector<E> raw(count_);
-    DILATRON_CUDA_CHECK(cudaMemcpy(raw.data(), ptr_, count_ * sizeof(E), cudaMemcpyDeviceToHost));
-    std::vector<float> out(count_);
-    for (size_t i = 0; i < count_; ++i) out[i] = to_float(raw[i]);
-    return out;
-  }
-  std::vector<E> raw() const {
-    DILATRON_CUDA_CHECK(cudaDeviceSynchronize());
-    std::vector<E> raw(count_);
-    DILATRON_CUDA_CHECK(cudaMemcpy(raw.data(), ptr_, count_ * sizeof(E), cudaMemcpyDeviceToHost));
-    return raw;
-  }
-
- private:
-  E* ptr_ = nullptr;
-  size_t count_;
-};
 
 struct Case {
   std::string name;
@@ -125,39 +60,12 @@ std::string describe(const Case& c, bool causal) {
   return s;
 }
 
-// The worst element of a comparison, for the printed line.
-struct Comparison {
-  double error = 0;         // max |got - want| / scale (inf if got has a NaN or a misplaced inf)
-  size_t worst = 0;         // where
-  int64_t inf_mismatches = 0;
-};
-
-// want == -inf must be matched exactly; elsewhere |got - want| / scale with scale = max(floor,
-// max |finite want|).
-Comparison compare(const std::vector<float>& got, const std::vector<double>& want, double floor) {
-  REQUIRE(got.size() == want.size());
-  double scale = floor;
-  for (double w : want)
-    if (std::isfinite(w)) scale = std::max(scale, std::abs(w));
-  Comparison c;
-  for (size_t i = 0; i < want.size(); ++i) {
-    double e;
-    if (std::isinf(want[i]) || std::isinf(got[i])) {
-      const bool same = static_cast<double>(got[i]) == want[i];
-      c.inf_mismatches += !same;
-      e = same ? 0.0 : std::numeric_limits<double>::infinity();
-    } else {
-      e = std::isnan(got[i]) ? std::numeric_limits<double>::infinity() : std::abs(got[i] - want[i]) / scale;
-    }
-    if (e > c.error || (std::isinf(e) && !std::isinf(c.error))) c.error = e, c.worst = i;
-  }
-  return c;
-}
-
 // Prints the comparison of a (B, n, H, D) tensor (D = 1 and layout (B, H, n) for lse) and checks it.
-void report(const std::string& what, const char* tensor, const Comparison& c, const std::vector<float>& got,
-            const std::vector<double>& want, double tol, const char* index_names, int64_t d1, int64_t d2,
-            int64_t d3) {
+// Errors are relative to max(floor, max |finite want|).
+void report(const std::string& what, const char* tensor, const std::vector<float>& got,
+            const std::vector<double>& want, double floor, double tol, const char* index_names, int64_t d1,
+            int64_t d2, int64_t d3) {
+  const Comparison c = compare(got, want, max_abs_finite(want, floor));
   const size_t i = c.worst;
   std::printf("%-6s %-90s max err %.3g (tol %.0e) at %s=(%lld,%lld,%lld,%lld) got %.6g want %.6g; -inf mismatches "
               "%lld\n",
@@ -190,8 +98,8 @@ void check_case(const Case& c, bool causal, uint64_t seed) {
   DeviceBuffer<T> q_dev(q), k_dev(k), v_dev(v), dout_dev(dout);
   DeviceBuffer<T> out(size), dq(size), dk(size), dv(size);
   DeviceBuffer<float> lse(lse_size);
-  for (DeviceBuffer<T>* buffer : {&out, &dq, &dk, &dv}) buffer->poison();
-  lse.poison();
+  for (DeviceBuffer<T>* buffer : {&out, &dq, &dk, &dv}) buffer->poison(nullptr);
+  lse.poison(nullptr);
   cudaStream_t stream;
   DILATRON_CUDA_CHECK(cudaStreamCreate(&stream));
   {
@@ -207,12 +115,12 @@ void check_case(const Case& c, bool causal, uint64_t seed) {
   const double tol = tolerance<T>();
   const char* bnhd = "(b,p,h,d)";
   const auto out_got = out.download(), lse_got = lse.download();
-  report(what, "out", compare(out_got, out_ref, 0.0), out_got, out_ref, tol, bnhd, c.n, c.H, c.D);
-  report(what, "lse", compare(lse_got, lse_ref, 1.0), lse_got, lse_ref, kLseTolerance, "(b,h,p,-)", c.H, c.n, 1);
+  report(what, "out", out_got, out_ref, 0.0, tol, bnhd, c.n, c.H, c.D);
+  report(what, "lse", lse_got, lse_ref, 1.0, kLseTolerance, "(b,h,p,-)", c.H, c.n, 1);
   const auto dq_got = dq.download(), dk_got = dk.download(), dv_got = dv.download();
-  report(what, "dq", compare(dq_got, dq_ref, 0.0), dq_got, dq_ref, tol, bnhd, c.n, c.H, c.D);
-  report(what, "dk", compare(dk_got, dk_ref, 0.0), dk_got, dk_ref, tol, bnhd, c.n, c.H, c.D);
-  report(what, "dv", compare(dv_got, dv_ref, 0.0), dv_got, dv_ref, tol, bnhd, c.n, c.H, c.D);
+  report(what, "dq", dq_got, dq_ref, 0.0, tol, bnhd, c.n, c.H, c.D);
+  report(what, "dk", dk_got, dk_ref, 0.0, tol, bnhd, c.n, c.H, c.D);
+  report(what, "dv", dv_got, dv_ref, 0.0, tol, bnhd, c.n, c.H, c.D);
 }
 
 const std::vector<Case>& small_cases() {

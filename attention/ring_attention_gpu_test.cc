@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "attention/dilated_attention.h"
+#include "attention/attention_gpu_test_support.h"
 #include "attention/dilated_attention_cuda.h"
 #include "attention/ring_dilated_attention.h"
 #include "attention/ring_dilated_attention_cuda.h"
@@ -50,25 +51,8 @@
 namespace dilatron {
 namespace {
 
-template <typename T>
-constexpr bool kIsBf16 = std::is_same_v<T, bf16>;
-template <typename T>
-const char* dtype_name() {
-  return kIsBf16<T> ? "bf16" : "fp32";
-}
-template <typename T>
-double tolerance() {
-  return kIsBf16<T> ? 1e-2 : 1e-5;
-}
-constexpr double kLseTolerance = 1e-5;
+using namespace attention_test;
 
-float to_float(float x) { return x; }
-float to_float(bf16 x) { return x.to_float(); }
-template <typename T>
-T from_float(float x) {
-  if constexpr (kIsBf16<T>) return bf16::from_float(x);
-  else return x;
-}
 
 // ---- the GPU, the transports ----
 
@@ -147,59 +131,6 @@ int64_t sum_over_ranks(MpiCommunicator& host, int64_t x) {
 
 // ---- tensors ----
 
-// Normal values already rounded to what T holds, as float.
-template <typename T>
-std::vector<float> random_inputs(uint64_t seed, uint64_t stream, int64_t count) {
-  CounterRng rng(seed, stream);
-  std::vector<float> x(static_cast<size_t>(count));
-  for (float& e : x) e = to_float(from_float<T>(static_cast<float>(rng.normal())));
-  return x;
-}
-
-// A device array of E, uploaded from / downloaded to float.
-template <typename E>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(int64_t count) : count_(static_cast<size_t>(count)) {
-    DILATRON_CUDA_CHECK(cudaMalloc(&ptr_, std::max<size_t>(count_, 1) * sizeof(E)));
-  }
-  explicit DeviceBuffer(const std::vector<float>& host) : DeviceBuffer(static_cast<int64_t>(host.size())) {
-    std::vector<E> converted(count_);
-    for (size_t i = 0; i < count_; ++i) converted[i] = from_float<E>(host[i]);
-    DILATRON_CUDA_CHECK(cudaMemcpy(ptr_, converted.data(), count_ * sizeof(E), cudaMemcpyHostToDevice));
-    // A pageable upload may return before its DMA lands, and the ring reads on a non-blocking
-    // stream, which the legacy stream's copy does not order.
-    DILATRON_CUDA_CHECK(cudaDeviceSynchronize());
-  }
-  ~DeviceBuffer() { (void)cudaFree(ptr_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-  E* get() const { return ptr_; }
-  // All bits set: a NaN in fp32 and in bf16. Queued on the stream the ring runs on: cudaMemset
-  // on the legacy stream is asynchronous for device memory and unordered with a non-blocking
-  // stream, so it could land after the forward's zero/-inf fill (ranks time-sliced on one GPU
-  // made it do so: out NaN, lse + ln 2 from merging into a NaN lse).
-  void poison(cudaStream_t stream) {
-    DILATRON_CUDA_CHECK(cudaMemsetAsync(ptr_, 0xff, count_ * sizeof(E), stream));
-  }
-  std::vector<E> raw() const {
-    DILATRON_CUDA_CHECK(cudaDeviceSynchronize());
-    std::vector<E> raw(count_);
-    DILATRON_CUDA_CHECK(cudaMemcpy(raw.data(), ptr_, count_ * sizeof(E), cudaMemcpyDeviceToHost));
-    return raw;
-  }
-  std::vector<float> download() const {
-    std::vector<float> out;
-    for (const E& e : raw()) out.push_back(to_float(e));
-    return out;
-  }
-
- private:
-  E* ptr_ = nullptr;
-  size_t count_;
-};
-
 // Positions [begin, begin + len) of every batch element of a (B, n, H, D) tensor (token = H * D).
 template <typename V>
 std::vector<V> token_slice(const std::vector<V>& full, int B, int64_t n, int64_t token, int64_t begin, int64_t len) {
@@ -214,13 +145,6 @@ std::vector<double> lse_slice(const std::vector<double>& full, int rows, int64_t
   for (int64_t row = 0; row < rows; ++row)
     out.insert(out.end(), full.begin() + row * n + begin, full.begin() + row * n + begin + len);
   return out;
-}
-
-double max_abs_finite(const std::vector<double>& x, double floor) {
-  double m = floor;
-  for (double w : x)
-    if (std::isfinite(w)) m = std::max(m, std::abs(w));
-  return m;
 }
 
 // ---- cases ----
@@ -263,29 +187,6 @@ std::string describe(const Case& c, const DilatedSpec& spec, int P, int64_t n) {
 }
 
 // ---- comparison ----
-
-struct Comparison {
-  double error = 0;  // max |got - want| / scale; inf for a NaN or a misplaced inf
-  size_t worst = 0;
-  int64_t inf_mismatches = 0;
-};
-
-Comparison compare(const std::vector<float>& got, const std::vector<double>& want, double scale) {
-  REQUIRE(got.size() == want.size());
-  Comparison c;
-  for (size_t i = 0; i < want.size(); ++i) {
-    double e;
-    if (std::isinf(want[i]) || std::isinf(got[i])) {
-      const bool same = static_cast<double>(got[i]) == want[i];
-      c.inf_mismatches += !same;
-      e = same ? 0.0 : std::numeric_limits<double>::infinity();
-    } else {
-      e = std::isnan(got[i]) ? std::numeric_limits<double>::infinity() : std::abs(got[i] - want[i]) / scale;
-    }
-    if (e > c.error || (std::isinf(e) && !std::isinf(c.error))) c.error = e, c.worst = i;
-  }
-  return c;
-}
 
 // Where element i of a rank's slice is, in global coordinates: (b, position, h, d) for a
 // (B, Tc, H, D) slice, (b, h, position) for lse (B, H, Tc).
