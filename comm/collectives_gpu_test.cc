@@ -32,6 +32,7 @@
 
 #include "comm/gpu_placement.h"
 #include "comm/mpi_check.h"
+#include "comm/collectives_test_values.h"
 #include "comm/mpi_communicator.h"
 #include "comm/nccl_communicator.h"
 #include "core/bf16.h"
@@ -43,66 +44,10 @@
 namespace dilatron {
 namespace {
 
-constexpr int64_t kSizes[] = {0, 1, 7, 1000};
-constexpr int64_t kLarge = 1 << 20;
-
-// ---- values (as in collectives_test.cc) ----
-
-uint32_t random_bits(uint64_t seed, int rank, int64_t i) {
-  uint32_t w[4];
-  philox_block(philox_key(seed), static_cast<uint64_t>(rank), static_cast<uint64_t>(i), w);
-  return w[0];
-}
-
-// Exactly representable per dtype, and so are sums over up to 8 ranks:
-// f32/f64: multiples of 1/64 in (-16, 16); i32: integers in [-10^6, 10^6]; bf16: integers in [-8, 8].
-template <typename T> T value(uint64_t seed, int rank, int64_t i);
-template <> float value<float>(uint64_t seed, int rank, int64_t i) {
-  return static_cast<float>(static_cast<int>(random_bits(seed, rank, i) % 2047) - 1023) / 64.0f;
-}
-template <> double value<double>(uint64_t seed, int rank, int64_t i) {
-  return static_cast<double>(static_cast<int>(random_bits(seed, rank, i) % 2047) - 1023) / 64.0;
-}
-template <> int32_t value<int32_t>(uint64_t seed, int rank, int64_t i) {
-  return static_cast<int32_t>(random_bits(seed, rank, i) % 2000001) - 1000000;
-}
-template <> bf16 value<bf16>(uint64_t seed, int rank, int64_t i) {
-  return bf16::from_float(static_cast<float>(static_cast<int>(random_bits(seed, rank, i) % 17) - 8));
-}
-
-double as_double(float x) { return x; }
-double as_double(double x) { return x; }
-double as_double(int32_t x) { return x; }
-double as_double(bf16 x) { return x.to_float(); }
-
-template <typename T> T from_double(double x) { return static_cast<T>(x); }
-template <> bf16 from_double<bf16>(double x) { return bf16::from_float(static_cast<float>(x)); }
-
-// What a buffer holds before an operation writes it, so an unwritten element is wrong.
-template <typename T> T poison() {
-  if constexpr (std::is_same_v<T, int32_t>) return INT32_MIN;
-  else if constexpr (std::is_same_v<T, bf16>) return bf16::from_float(std::numeric_limits<float>::quiet_NaN());
-  else return std::numeric_limits<T>::quiet_NaN();
-}
-
-template <typename T> std::vector<T> rank_values(uint64_t seed, int rank, int64_t count) {
-  std::vector<T> v(static_cast<size_t>(count));
-  for (int64_t i = 0; i < count; ++i) v[static_cast<size_t>(i)] = value<T>(seed, rank, i);
-  return v;
-}
+using namespace collectives_test;
 
 template <typename T> std::vector<T> poisoned(int64_t count) {
   return std::vector<T>(static_cast<size_t>(count), poison<T>());
-}
-
-// Element `i` of the reduction over ranks [0, size) of value(seed, rank, i).
-template <typename T> T reduced(uint64_t seed, int size, int64_t i, ReduceOp op) {
-  double acc = as_double(value<T>(seed, 0, i));
-  for (int r = 1; r < size; ++r) {
-    double x = as_double(value<T>(seed, r, i));
-    acc = op == ReduceOp::sum ? acc + x : std::max(acc, x);
-  }
-  return from_double<T>(acc);
 }
 
 const char* op_name(ReduceOp op) { return op == ReduceOp::sum ? "sum" : "max"; }
@@ -258,7 +203,7 @@ template <typename T> std::string describe(const Transport& t, const std::string
 
 template <typename T> void check_all_reduce(DeviceFixture& f, Transport& t, int64_t count, ReduceOp op, uint64_t seed) {
   Communicator& comm = *t.comm;
-  DeviceBuffer<T> buf = upload(rank_values<T>(seed, comm.rank(), count), f.stream());
+  DeviceBuffer<T> buf = upload(rank_values<T>(seed, comm.rank(), 0, count), f.stream());
   comm.all_reduce(buf.data(), count, dtype_of<T>(), op);
   Mismatch m = compare(download(buf, f.stream()), [&](int64_t i) { return reduced<T>(seed, comm.size(), i, op); });
   expect_all_right(f.host(), m, describe<T>(t, fmt::format("all_reduce {}", op_name(op)), count));
@@ -266,7 +211,7 @@ template <typename T> void check_all_reduce(DeviceFixture& f, Transport& t, int6
 
 template <typename T> void check_all_gather(DeviceFixture& f, Transport& t, int64_t count, uint64_t seed) {
   Communicator& comm = *t.comm;
-  DeviceBuffer<T> send = upload(rank_values<T>(seed, comm.rank(), count), f.stream());
+  DeviceBuffer<T> send = upload(rank_values<T>(seed, comm.rank(), 0, count), f.stream());
   DeviceBuffer<T> recv = upload(poisoned<T>(count * comm.size()), f.stream());
   comm.all_gather(send.data(), recv.data(), count, dtype_of<T>());
   Mismatch m = compare(download(recv, f.stream()),
@@ -278,7 +223,7 @@ template <typename T>
 void check_reduce_scatter(DeviceFixture& f, Transport& t, int64_t count, ReduceOp op, uint64_t seed) {
   Communicator& comm = *t.comm;
   const int64_t begin = count * comm.rank();
-  DeviceBuffer<T> send = upload(rank_values<T>(seed, comm.rank(), count * comm.size()), f.stream());
+  DeviceBuffer<T> send = upload(rank_values<T>(seed, comm.rank(), 0, count * comm.size()), f.stream());
   DeviceBuffer<T> recv = upload(poisoned<T>(count), f.stream());
   comm.reduce_scatter(send.data(), recv.data(), count, dtype_of<T>(), op);
   Mismatch m =
@@ -289,7 +234,7 @@ void check_reduce_scatter(DeviceFixture& f, Transport& t, int64_t count, ReduceO
 template <typename T> void check_broadcast(DeviceFixture& f, Transport& t, int64_t count, int root, uint64_t seed) {
   Communicator& comm = *t.comm;
   DeviceBuffer<T> buf =
-      upload(comm.rank() == root ? rank_values<T>(seed, root, count) : poisoned<T>(count), f.stream());
+      upload(comm.rank() == root ? rank_values<T>(seed, root, 0, count) : poisoned<T>(count), f.stream());
   comm.broadcast(buf.data(), count, dtype_of<T>(), root);
   Mismatch m = compare(download(buf, f.stream()), [&](int64_t i) { return value<T>(seed, root, i); });
   expect_all_right(f.host(), m, describe<T>(t, "broadcast", count) + fmt::format(" from root {}", root));
@@ -301,7 +246,7 @@ template <typename T> void check_send_recv(DeviceFixture& f, Transport& t, int s
   const int rank = comm.rank(), size = comm.size();
   auto count_of = [](int r) { return int64_t{100000} + 17 * r; };  // above MPI's eager limit
   const int dst = ((rank + shift) % size + size) % size, src = ((rank - shift) % size + size) % size;
-  DeviceBuffer<T> send = upload(rank_values<T>(seed, rank, count_of(rank)), f.stream());
+  DeviceBuffer<T> send = upload(rank_values<T>(seed, rank, 0, count_of(rank)), f.stream());
   DeviceBuffer<T> recv = upload(poisoned<T>(count_of(src)), f.stream());
   comm.send_recv(send.data(), count_of(rank), dst, recv.data(), count_of(src), src, dtype_of<T>(), 9);
   Mismatch m = compare(download(recv, f.stream()), [&](int64_t i) { return value<T>(seed, src, i); });
@@ -383,7 +328,7 @@ TEST_CASE("device send and recv around a ring") {
     // issued before its own send would wait forever; self-exchange goes through send_recv.
     if (size == 1 && t.name == "nccl") continue;
     for (int64_t count : {int64_t{0}, int64_t{7}, kLarge / 4}) {
-      DeviceBuffer<float> send = upload(rank_values<float>(51, rank, count), f.stream());
+      DeviceBuffer<float> send = upload(rank_values<float>(51, rank, 0, count), f.stream());
       DeviceBuffer<float> recv = upload(poisoned<float>(count), f.stream());
       if (size > 1) {
         // Even ranks send first, odd ranks receive first, so the ring drains.
@@ -426,12 +371,12 @@ TEST_CASE("device operations overlap and may be waited in any order") {
   for (Transport& t : f.transports()) {
     CAPTURE(t.name);
     Communicator& comm = *t.comm;
-    DeviceBuffer<float> reduce = upload(rank_values<float>(71, rank, count), f.stream());
-    DeviceBuffer<float> gather_send = upload(rank_values<float>(72, rank, count), f.stream());
+    DeviceBuffer<float> reduce = upload(rank_values<float>(71, rank, 0, count), f.stream());
+    DeviceBuffer<float> gather_send = upload(rank_values<float>(72, rank, 0, count), f.stream());
     DeviceBuffer<float> gather = upload(poisoned<float>(count * size), f.stream());
     DeviceBuffer<double> bcast =
-        upload(rank == 0 ? rank_values<double>(73, 0, count) : poisoned<double>(count), f.stream());
-    DeviceBuffer<int32_t> ring_send = upload(rank_values<int32_t>(74, rank, count), f.stream());
+        upload(rank == 0 ? rank_values<double>(73, 0, 0, count) : poisoned<double>(count), f.stream());
+    DeviceBuffer<int32_t> ring_send = upload(rank_values<int32_t>(74, rank, 0, count), f.stream());
     DeviceBuffer<int32_t> ring_recv = upload(poisoned<int32_t>(count), f.stream());
 
     // Four requests in flight at once: the MPI transport holds five staging buffers meanwhile.
@@ -541,7 +486,7 @@ TEST_CASE("host buffers: the MPI transport takes them (pinned too) and refuses a
       CHECK_THROWS_WITH_AS(comm.all_gather_async(device.data(), host.data(), count, DType::f32),
                            doctest::Contains("1 of its buffers are in device memory and 1 in host memory"), Error);
       // The stream is set, and host buffers ignore it; pinned memory is host memory.
-      std::vector<float> pageable = rank_values<float>(81, rank, count);
+      std::vector<float> pageable = rank_values<float>(81, rank, 0, count);
       PinnedHostBuffer pinned(static_cast<size_t>(count) * sizeof(float));
       std::memcpy(pinned.data(), pageable.data(), pinned.bytes());
       comm.all_reduce(pageable.data(), count, DType::f32, ReduceOp::sum);
