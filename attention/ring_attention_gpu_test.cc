@@ -39,6 +39,7 @@
 #include "attention/dilated_attention_cuda.h"
 #include "attention/ring_dilated_attention.h"
 #include "attention/ring_dilated_attention_cuda.h"
+#include "comm/device_test_fixture.h"
 #include "comm/gpu_placement.h"
 #include "comm/mpi_check.h"
 #include "comm/mpi_communicator.h"
@@ -56,67 +57,13 @@ using namespace attention_test;
 
 // ---- the GPU, the transports ----
 
-struct GpuSetup {
-  int rank = 0, size = 1, device_count = 0, local_size = 1;
-  bool gpu_per_rank = false;  // NCCL runs only then
-};
+using device_test::Transport;
 
-// Chosen once, collectively, in the first test case (every rank runs the same cases in order).
-const GpuSetup& gpu_setup() {
-  static const GpuSetup setup = [] {
-    GpuSetup s;
-    const Placement placement = mpi_placement();
-    s.local_size = placement.local_size;
-    select_gpu(placement, /*allow_shared=*/true);
-    DILATRON_CUDA_CHECK(cudaGetDeviceCount(&s.device_count));
-    DILATRON_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &s.rank));
-    DILATRON_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &s.size));
-    // Every rank must agree, or some would wait in ncclCommInitRank for the others forever.
-    int own = placement.local_size <= s.device_count ? 1 : 0, all_own = 0;
-    DILATRON_MPI_CHECK(MPI_Allreduce(&own, &all_own, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
-    s.gpu_per_rank = all_own == 1;
-    if (s.rank == 0) {
-      std::printf("ring_attention_gpu_test: %d rank(s), %d on this node, %d GPU(s) visible: transports mpi%s\n", s.size,
-                  s.local_size, s.device_count, s.gpu_per_rank ? " and nccl" : " only (NCCL needs a GPU per rank)");
-      std::fflush(stdout);
-    }
-    return s;
-  }();
-  return setup;
-}
+const device_test::GpuSetup& gpu_setup() { return device_test::gpu_setup("ring_attention_gpu_test"); }
 
-struct Transport {
-  std::string name;
-  std::unique_ptr<Communicator> comm;  // the whole world as one sequence-parallel group
-};
-
-// Per test case: a host MPI world (verdicts), a non-blocking stream (so the legacy stream's
-// implicit synchronisation cannot hide a missing wait), and the device transports on it.
-class RingFixture {
- public:
-  RingFixture() {
-    gpu_setup();
-    MPI_Comm world;
-    DILATRON_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &world));
-    host_ = std::make_unique<MpiCommunicator>(world, "host");
-    DILATRON_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    transports_.push_back({"mpi", make_device_communicator(CommBackend::mpi, *host_)});
-    if (gpu_setup().gpu_per_rank) transports_.push_back({"nccl", make_device_communicator(CommBackend::nccl, *host_)});
-    for (Transport& t : transports_) t.comm->set_stream(stream_);
-  }
-  ~RingFixture() {
-    transports_.clear();
-    (void)cudaStreamDestroy(stream_);
-  }
-
-  MpiCommunicator& host() { return *host_; }
-  cudaStream_t stream() const { return stream_; }
-  std::vector<Transport>& transports() { return transports_; }
-
- private:
-  std::unique_ptr<MpiCommunicator> host_;
-  cudaStream_t stream_ = nullptr;
-  std::vector<Transport> transports_;
+// The whole world as one sequence-parallel group, on each transport.
+struct RingFixture : device_test::DeviceFixture {
+  RingFixture() : device_test::DeviceFixture("ring_attention_gpu_test") {}
 };
 
 double max_over_ranks(MpiCommunicator& host, double x) {
