@@ -39,41 +39,26 @@ void Zero3Engine::BufferPool::give(float* buffer) {
 }
 
 Zero3Engine::Zero3Engine(const GptShape& shape, Communicator& world, const Zero3Options& options)
-    : shape_(shape), world_(world), options_(options), specs_(gpt_param_specs(shape)) {
+    : shape_(shape), world_(world), options_(options) {
   DILATRON_CHECK_INPUT(options.prefetch_depth >= 0, "zero.prefetch_depth must be >= 0, got {}",
                        options.prefetch_depth);
   DILATRON_CHECK_INPUT(options.persistence_threshold >= 0, "zero.persistence_threshold must be >= 0, got {}",
                        options.persistence_threshold);
-  const int64_t W = world.size(), rank = world.rank();
-  groups_.resize(static_cast<size_t>(shape.n_layers) + 2);
-  for (size_t i = 0; i < specs_.size(); ++i) {
-    Group& grp = groups_[specs_[i].group];
-    if (grp.numel == 0) grp.begin = specs_[i].offset;
-    grp.numel += specs_[i].numel;
-  }
-  int64_t grad_offset = 0, largest_padded = 0, largest_local = 0;
+  int64_t largest_padded = 0, largest_local = 0;
   std::vector<int64_t> piece_elements;
-  for (Group& grp : groups_) {
-    grp.replicated = grp.numel < options.persistence_threshold;
-    grp.padded = grp.replicated ? grp.numel : (grp.numel + W - 1) / W * W;
-    grp.local = grp.replicated ? grp.numel : grp.padded / W;
-    grp.local_begin = grp.replicated ? 0 : rank * grp.local;
-    grp.grad_offset = grad_offset;
-    grad_offset += grp.local;
-    largest_padded = std::max(largest_padded, grp.padded);
-    largest_local = std::max(largest_local, grp.local);
-    piece_elements.push_back(grp.local);
-  }
-  for (const ParamSpec& p : specs_) {
-    const Group& grp = groups_[p.group];
-    const int64_t lo = std::max(p.offset - grp.begin, grp.local_begin);
-    const int64_t hi = std::min(p.offset - grp.begin + p.numel, grp.local_begin + grp.local);
-    if (hi > lo) groups_[p.group].segments.push_back({lo - grp.local_begin, hi - lo, p.weight_decay});
+  for (Zero3GroupLayout& layout : zero3_layout(shape, world.size(), world.rank(), options.persistence_threshold)) {
+    largest_padded = std::max(largest_padded, layout.padded);
+    largest_local = std::max(largest_local, layout.local);
+    piece_elements.push_back(layout.local);
+    groups_.emplace_back();
+    static_cast<Zero3GroupLayout&>(groups_.back()) = std::move(layout);
   }
   params_ = make_shard_store(options.params_tier, piece_elements, nvme_subdirectory(options.nvme, "params"));
   adam_m_ = make_shard_store(options.optimizer_tier, piece_elements, nvme_subdirectory(options.nvme, "adam_m"));
   adam_v_ = make_shard_store(options.optimizer_tier, piece_elements, nvme_subdirectory(options.nvme, "adam_v"));
-  grad_shard_.assign(static_cast<size_t>(grad_offset), 0.0f);
+  int64_t shard_elements = 0;
+  for (const Group& grp : groups_) shard_elements += grp.local;
+  grad_shard_.assign(static_cast<size_t>(shard_elements), 0.0f);
   scatter_out_.assign(static_cast<size_t>(largest_local), 0.0f);
   full_pool_ = std::make_unique<BufferPool>(largest_padded);
   piece_pool_ = std::make_unique<BufferPool>(largest_local);
@@ -194,7 +179,7 @@ void Zero3Engine::gradients_done(int group) {
     world_.reduce_scatter(grp.grad_buffer, scatter_out_.data(), grp.local, DType::f32, ReduceOp::sum);
     summed = scatter_out_.data();
   }
-  float* shard = grad_shard_.data() + grp.grad_offset;
+  float* shard = grad_shard_.data() + grp.shard_offset;
   for (int64_t i = 0; i < grp.local; ++i) shard[i] += summed[i];
   full_pool_->give(grp.grad_buffer);
   grp.grad_buffer = nullptr;
@@ -220,22 +205,16 @@ void Zero3Engine::init_parameters(uint64_t seed) {
   for (int g = 0; g < num_groups(); ++g) {
     const Group& grp = groups_[g];
     float* buffer = piece_pool_->take();
+    auto in_memory = [&](ShardStore& s) { return s.resident(g) ? s.resident(g) : buffer; };
     auto zeroed = [&](ShardStore& s) {
-      float* piece = s.resident(g) ? s.resident(g) : buffer;
+      float* piece = in_memory(s);
       std::fill_n(piece, grp.local, 0.0f);
       return piece;
     };
     store_piece(*adam_m_, g, zeroed(*adam_m_));
     store_piece(*adam_v_, g, zeroed(*adam_v_));
-    float* piece = zeroed(*params_);  // padding stays 0
-    for (const ParamSpec& p : specs_) {
-      if (p.group != g) continue;
-      const int64_t lo = std::max(p.offset - grp.begin, grp.local_begin);
-      const int64_t hi = std::min(p.offset - grp.begin + p.numel, grp.local_begin + grp.local);
-      if (hi > lo)
-        gpt_init_param_range(p, shape_, seed, lo - (p.offset - grp.begin), hi - (p.offset - grp.begin),
-                             piece + (lo - grp.local_begin));
-    }
+    float* piece = in_memory(*params_);
+    zero3_init_piece(shape_, grp, g, seed, piece);
     store_piece(*params_, g, piece);
     piece_pool_->give(buffer);
   }
@@ -251,7 +230,7 @@ double Zero3Engine::gradient_sum_of_squares() {
   double sum = 0;
   for (const Group& grp : groups_)
     // A replica is counted once, by rank 0; padding holds zeros.
-    if (!grp.replicated || world_.rank() == 0) sum += sum_of_squares_cpu(grad_shard_.data() + grp.grad_offset, grp.local);
+    if (!grp.replicated || world_.rank() == 0) sum += sum_of_squares_cpu(grad_shard_.data() + grp.shard_offset, grp.local);
   world_.all_reduce(&sum, 1, DType::f64, ReduceOp::sum);
   return sum;
 }
@@ -296,8 +275,8 @@ void Zero3Engine::adamw_step(float lr, float beta1, float beta2, float eps, floa
         data[k] = slot.buffer[k];
       }
     }
-    const float* grad = grad_shard_.data() + groups_[g].grad_offset;
-    for (const Segment& s : groups_[g].segments)
+    const float* grad = grad_shard_.data() + groups_[g].shard_offset;
+    for (const Zero3Segment& s : groups_[g].segments)
       adamw_update_cpu(data[0] + s.piece_offset, grad + s.piece_offset, data[1] + s.piece_offset,
                        data[2] + s.piece_offset, s.length, s.weight_decay ? decayed : plain);
     for (int k = 0; k < 3; ++k)
@@ -307,29 +286,9 @@ void Zero3Engine::adamw_step(float lr, float beta1, float beta2, float eps, floa
     for (IoTicket& t : slot.write) t.wait();
 }
 
-void Zero3Engine::owned_range(const Group& grp, int64_t& piece_lo, int64_t& piece_hi) const {
-  if (grp.replicated) {
-    piece_lo = 0;
-    piece_hi = world_.rank() == 0 ? grp.numel : 0;
-    return;
-  }
-  piece_lo = 0;
-  piece_hi = std::max<int64_t>(0, std::min(grp.local, grp.numel - grp.local_begin));
-}
-
 std::vector<Zero3Engine::Slice> Zero3Engine::owned_logical_slices() const {
-  std::vector<Slice> out;
-  for (const Group& grp : groups_) {
-    int64_t lo, hi;
-    owned_range(grp, lo, hi);
-    if (hi <= lo) continue;
-    const int64_t begin = grp.begin + grp.local_begin + lo;
-    if (!out.empty() && out.back().logical_begin + out.back().length == begin)
-      out.back().length += hi - lo;
-    else
-      out.push_back({begin, hi - lo});
-  }
-  return out;
+  std::vector<Zero3GroupLayout> layout(groups_.begin(), groups_.end());
+  return zero3_owned_slices(layout);
 }
 
 void Zero3Engine::read_owned(const std::string& kind, std::vector<float>& out) const {
@@ -337,8 +296,7 @@ void Zero3Engine::read_owned(const std::string& kind, std::vector<float>& out) c
   out.clear();
   float* buffer = piece_pool_->take();
   for (int g = 0; g < num_groups(); ++g) {
-    int64_t lo, hi;
-    owned_range(groups_[g], lo, hi);
+    const int64_t lo = groups_[g].owned_lo, hi = groups_[g].owned_hi;
     if (hi <= lo) continue;
     const float* piece = load_piece(s, g, buffer);
     out.insert(out.end(), piece + lo, piece + hi);
@@ -352,8 +310,7 @@ std::vector<Zero3Engine::ResidentSlice> Zero3Engine::resident_owned(const std::s
   if (s.tier() == StorageTier::nvme) return out;
   for (int g = 0; g < num_groups(); ++g) {
     const Group& grp = groups_[g];
-    int64_t lo, hi;
-    owned_range(grp, lo, hi);
+    const int64_t lo = grp.owned_lo, hi = grp.owned_hi;
     if (hi > lo) out.push_back({grp.begin + grp.local_begin + lo, hi - lo, s.resident(g) + lo});
   }
   return out;
@@ -370,8 +327,7 @@ void Zero3Engine::write_owned(const std::string& kind, const std::vector<float>&
   size_t next = 0;
   for (int g = 0; g < num_groups(); ++g) {
     const Group& grp = groups_[g];
-    int64_t lo, hi;
-    owned_range(grp, lo, hi);
+    const int64_t lo = grp.owned_lo, hi = grp.owned_hi;
     if (hi <= lo && !grp.replicated) continue;
     float* piece = load_piece(s, g, buffer);
     std::copy(in.begin() + static_cast<int64_t>(next), in.begin() + static_cast<int64_t>(next) + (hi - lo), piece + lo);

@@ -1,10 +1,10 @@
 // ZeRO stage 3 on the CPU: parameters, gradients and AdamW state partitioned over every rank of
 // the world, the model's parameter groups all-gathered on demand (docs/zero.md).
 //
-// Each group (ParamSpec::group) is one flat bucket, padded to a multiple of the world size W;
-// rank r stores bucket elements [r S, (r + 1) S), S = padded / W, of the parameters, the
-// gradients and both Adam moments. A group below persistence_threshold elements stays
-// replicated on every rank (gradients all-reduced, every rank updates its replica alike).
+// The partition is zero/zero3_layout.h: each group one flat bucket padded to a multiple of W,
+// rank r storing its slice of the parameters, the gradients and both Adam moments; a group
+// below persistence_threshold elements stays replicated on every rank (gradients all-reduced,
+// every rank updates its replica alike).
 //
 // As the model's ParameterSource: acquire(g) waits for (or starts and waits for) the
 // all-gather of g into a pooled full buffer and starts the gathers of the next prefetch_depth
@@ -27,6 +27,7 @@
 #include "model/parameter_source.h"
 #include "zero/residency.h"
 #include "zero/shard_store.h"
+#include "zero/zero3_layout.h"
 
 namespace dilatron {
 
@@ -61,9 +62,7 @@ class Zero3Engine final : public ParameterSource<float> {
   // Checkpoints, in logical coordinates (ParamSpec offsets, no padding). The slices of all
   // ranks partition [0, num_params): a partitioned group's slice of its owner, replicated
   // groups on rank 0. Sorted, adjacent slices merged.
-  struct Slice {
-    int64_t logical_begin, length;
-  };
+  using Slice = Zero3Slice;
   std::vector<Slice> owned_logical_slices() const;
   // kind: "params", "adam_m" or "adam_v"; the concatenation over owned_logical_slices().
   void read_owned(const std::string& kind, std::vector<float>& out) const;
@@ -102,20 +101,8 @@ class Zero3Engine final : public ParameterSource<float> {
   Residency residency(int group) const;
 
  private:
-  // A contiguous run of one tensor inside a stored piece, for per-tensor weight decay.
-  struct Segment {
-    int64_t piece_offset, length;
-    bool weight_decay;
-  };
-  struct Group {
-    int64_t begin = 0;        // flat offset of its first parameter
-    int64_t numel = 0;        // logical elements
-    int64_t padded = 0;       // bucket elements: numel rounded up to a multiple of W (replicated: numel)
-    int64_t local = 0;        // elements this rank stores: padded / W (replicated: numel)
-    int64_t local_begin = 0;  // bucket index of the first stored element
-    int64_t grad_offset = 0;  // into grad_shard_
-    bool replicated = false;
-    std::vector<Segment> segments;  // the logical (non-padding) elements of the stored piece
+  // The partition (zero/zero3_layout.h) plus what the engine tracks per group.
+  struct Group : Zero3GroupLayout {
     ResidencyState state;
     bool held = false;           // acquired by the model
     float* gathered = nullptr;   // pool buffer while in_flight or available
@@ -147,8 +134,6 @@ class Zero3Engine final : public ParameterSource<float> {
   void prefetch();
   // Waits for every gather and frees every gathered buffer; no group may be held.
   void drop_gathered();
-  // The owned (logical) part of group g's stored piece: [piece_lo, piece_hi), empty if none.
-  void owned_range(const Group& grp, int64_t& piece_lo, int64_t& piece_hi) const;
   // Piece g of `s` in memory: the resident piece, or read into `buffer` (waited).
   static float* load_piece(ShardStore& s, int g, float* buffer);
   static void store_piece(ShardStore& s, int g, float* data);
@@ -156,7 +141,6 @@ class Zero3Engine final : public ParameterSource<float> {
   GptShape shape_;
   Communicator& world_;
   Zero3Options options_;
-  std::vector<ParamSpec> specs_;
   std::vector<Group> groups_;
   std::unique_ptr<ShardStore> params_, adam_m_, adam_v_;
   std::vector<float> grad_shard_;  // every group's local gradient piece, back to back
