@@ -18,19 +18,13 @@ void free_host(float* p) { std::free(p); }
 
 #ifdef DILATRON_CUDA
 void free_pinned(float* p) { cudaFreeHost(p); }
-
-bool cuda_device_present() {
-  int count = 0;
-  // No driver or no GPU: pinning has nothing to serve, and plain host memory is used.
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
 #endif
 
 std::unique_ptr<float, void (*)(float*)> allocate_arena(StorageTier tier, int64_t bytes) {
   // One alignment unit even when empty, so resident() of an empty piece is a valid pointer.
   auto size = static_cast<size_t>(std::max(bytes, kPieceAlignment));
 #ifdef DILATRON_CUDA
-  if (tier == StorageTier::cpu && cuda_device_present()) {
+  if (tier == StorageTier::cpu && pin_host_buffers()) {
     void* p = nullptr;
     DILATRON_CUDA_CHECK(cudaHostAlloc(&p, size, cudaHostAllocDefault));
     return {static_cast<float*>(p), free_pinned};

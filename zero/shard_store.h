@@ -67,7 +67,12 @@ class ShardStore {
 std::unique_ptr<ShardStore> make_shard_store(StorageTier tier, std::vector<int64_t> piece_elements,
                                              const NvmeOptions& nvme = {});
 
-// Aligned host memory for I/O buffers (4096-byte alignment, size rounded up to 4096 bytes).
+// Whether host buffers are pinned (page-locked): in a CUDA build with a GPU visible. The cpu tier
+// and the I/O buffers are then pinned, so their copies to and from the GPU run asynchronously.
+bool pin_host_buffers();
+
+// Aligned host memory for I/O buffers (4096-byte alignment, size rounded up to 4096 bytes),
+// pinned when pin_host_buffers().
 std::shared_ptr<float> allocate_io_buffer(int64_t elements);
 
 }  // namespace dilatron
