@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "core/check.h"
+#include "core/op_profiler.h"
 #include "core/rng.h"
 #include "model/gpt.h"
 #include "optim/grad_norm.h"
@@ -183,6 +184,7 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
     const bool eval_now = c.data.eval_every > 0 && (step % c.data.eval_every == 0 || step == c.schedule.max_steps);
     nlohmann::json row{{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
                        {"tokens_per_s", tokens_per_s}, {"step_time_s", seconds}};
+    state->add_step_metrics(row);
     if (eval_now) {
       double val = mean_val_loss(*model, data, c, layout, g, inputs, targets);
       row["val_loss"] = val;
@@ -206,6 +208,12 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
     checkpoint(summary.stopped_by_signal ? "on signal" : "final");
   progress.finish();
   summary.steps_done = step;
+#ifdef DILATRON_CUDA
+  if (OpProfiler& profiler = OpProfiler::instance(); profiler.enabled() && lead) {
+    profiler.collect();
+    spdlog::info("GPU time per op over the run (DILATRON_PROFILE; events around each op):\n{}", profiler.report());
+  }
+#endif
 
   if (lead && !summary.stopped_by_signal && step == c.schedule.max_steps && c.sample.tokens > 0 && c.attention.causal &&
       last_checkpoint_step == step)

@@ -74,7 +74,15 @@ std::unique_ptr<TrainingState> make_training_state(const Config& config, const G
                                                   TrainingDevice& device) {
 #ifdef DILATRON_CUDA
   if (device.cuda()) {
-    if (config.zero.stage == 3) return make_staged_zero3_state(config, shape, world, device.stream());
+    if (config.zero.stage == 3) {
+      const bool params_on_gpu = config.zero.offload_params == OffloadTier::device;
+      DILATRON_CHECK_INPUT(params_on_gpu == (config.zero.offload_optimizer == OffloadTier::device),
+                           "zero.offload_params ({}) and zero.offload_optimizer ({}): on a GPU run both shards "
+                           "live in GPU memory (both device) or both off it (cpu or nvme); set them alike",
+                           to_string(config.zero.offload_params), to_string(config.zero.offload_optimizer));
+      if (params_on_gpu) return make_device_zero3_state(config, shape, world, device.world(), device.stream());
+      return make_staged_zero3_state(config, shape, world, device.stream());
+    }
     return make_device_replicated_state(shape, device.world(), device.stream());
   }
 #else

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "comm/communicator.h"
 #include "model/gpt.h"
 #include "model/parameter_source.h"
@@ -47,6 +49,10 @@ class TrainingState {
 
   // One line: bytes held per rank by parameters, gradients, optimizer state, per tier.
   virtual std::string describe_memory() const = 0;
+
+  // Measurements of the step just taken that belong in its metrics row (the staged GPU state:
+  // the time its copy stream spent moving groups); none by default.
+  virtual void add_step_metrics(nlohmann::json& row) { (void)row; }
 };
 
 // Replicated unless zero.stage is 3; on the device the run trains on. `world` is the MPI world

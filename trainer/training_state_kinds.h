@@ -18,6 +18,11 @@ std::unique_ptr<TrainingState> make_zero3_state(const Config& config, const GptS
 // The GPU twins: device_world moves device buffers; host_world is the MPI world.
 std::unique_ptr<TrainingState> make_device_replicated_state(const GptShape& shape, Communicator& device_world,
                                                             cudaStream_t stream);
+// ZeRO-3 with its shards in GPU memory (zero.offload_*: device).
+std::unique_ptr<TrainingState> make_device_zero3_state(const Config& config, const GptShape& shape,
+                                                       Communicator& host_world, Communicator& device_world,
+                                                       cudaStream_t stream);
+// ZeRO-3 with its shards in host memory or on NVMe, groups staged to the GPU.
 std::unique_ptr<TrainingState> make_staged_zero3_state(const Config& config, const GptShape& shape,
                                                        Communicator& host_world, cudaStream_t stream);
 #endif
