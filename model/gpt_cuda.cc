@@ -217,8 +217,8 @@ void GptCuda<T>::block_forward(int layer, const T* weights, const BlockActivatio
   matmul_forward(a.x_mid, a.att, w.proj_w, w.proj_b, N, C, C, matmul_, stream_);
   residual_forward(k(a.x_mid), k(x_in), N * C, stream_);
   norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.x_mid, w.ln2_w, w.ln2_b);
-  matmul_forward(a.fc, a.ln2, w.fc_w, w.fc_b, N, C, F, matmul_, stream_);
-  gelu_forward(k(a.fc_gelu), k(a.fc), N * F, stream_);
+  // One GEMM writes both fc and fc_gelu (also when recomputing, x_out null: the backward reads both).
+  matmul_gelu_forward(a.fc_gelu, a.fc, a.ln2, w.fc_w, w.fc_b, N, C, F, matmul_, stream_);
   if (x_out != nullptr) {
     matmul_forward(x_out, a.fc_gelu, w.fcproj_w, w.fcproj_b, N, F, C, matmul_, stream_);
     residual_forward(k(x_out), k(a.x_mid), N * C, stream_);
@@ -232,12 +232,12 @@ void GptCuda<T>::block_backward(int layer, const T* weights, float* grads, const
   const auto g = block_weights(grads, layer);
   const int64_t N = static_cast<int64_t>(B_) * Tc_;
   const int C = shape_.d_model, F = gpt_ff_width(shape_), H = shape_.n_heads, D = C / H;
-  const int64_t NF = N * F, CC = static_cast<int64_t>(C) * C;
+  const int64_t CC = static_cast<int64_t>(C) * C;
 
   // MLP branch: d_residual_ holds d x_out and also feeds d x_mid through the skip.
-  matmul_backward(d_gelu_, g.fcproj_w, g.fcproj_b, d_residual_, a.fc_gelu, w.fcproj_w, N, F, C, matmul_, stream_);
-  zero(d_fc_, NF * static_cast<int64_t>(sizeof(T)));  // gelu_backward adds
-  gelu_backward(k(d_fc_), k(a.fc), k(d_gelu_), NF, stream_);
+  // d fc = (d x_out . fcproj_w) * GELU'(fc) straight from the GEMM's epilogue.
+  matmul_backward_dgelu(d_fc_, g.fcproj_w, g.fcproj_b, d_residual_, a.fc_gelu, a.fc, w.fcproj_w, N, F, C, matmul_,
+                        stream_);
   matmul_backward(d_norm_, g.fc_w, g.fc_b, d_fc_, a.ln2, w.fc_w, N, C, F, matmul_, stream_);
   norm_backward(d_residual_, g.ln2_w, g.ln2_b, d_norm_, a.x_mid, w.ln2_w, a.ln2_mean, a.ln2_rstd);
 

@@ -1,6 +1,6 @@
-// The CUDA cross-entropy and cuBLASLt matmul against the CPU reference (fp64 for cross-entropy,
-// fp32 for matmul), on the same bf16-rounded inputs; each case prints one line, so the log
-// reads as a table of max errors.
+// The CUDA cross-entropy and cuBLASLt matmul against the CPU reference (fp64 for cross-entropy
+// and the GELU-fused matmuls, fp32 for matmul), on the same bf16-rounded inputs; each case prints
+// one line, so the log reads as a table of max errors.
 // Needs a GPU (tags = ["gpu"]).
 #include <doctest/doctest.h>
 
@@ -21,6 +21,8 @@
 #include "core/rng.h"
 #include "model/cross_entropy.h"
 #include "model/cross_entropy_cuda.h"
+#include "model/gelu.h"
+#include "model/layers_cuda.h"
 #include "model/matmul.h"
 #include "model/matmul_cuda.h"
 
@@ -36,6 +38,10 @@ namespace {
 constexpr double kBf16Tolerance = 2e-2;
 constexpr double kFp32Tolerance = 1e-5;
 constexpr double kFp32SumTolerance = 1e-4;
+// cuBLASLt's fp32 GELU derivative epilogue is less exact than our gelu_backward kernel (worst
+// 1.1e-5 on an H100, against 1e-6): 5e-5, still well below the 9e-4 by which the erf GELU's
+// derivative differs from the tanh one's.
+constexpr double kFp32DgeluTolerance = 5e-5;
 
 // Elements past n on the device stay NaN: a kernel that writes there fails the download.
 constexpr size_t kGuard = 64;
@@ -108,6 +114,18 @@ std::vector<float> to_floats(const std::vector<bf16>& x) {
   return out;
 }
 std::vector<float> to_floats(const std::vector<float>& x) { return x; }
+std::vector<float> to_floats(const std::vector<double>& x) { return {x.begin(), x.end()}; }
+std::vector<double> to_doubles(const std::vector<float>& x) { return {x.begin(), x.end()}; }
+
+// The values the GPU gets as T: bf16 rounds x in place first (see round_to_bf16).
+template <typename T>
+std::vector<T> device_values(std::vector<float>& x) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    return round_to_bf16(x);
+  } else {
+    return x;
+  }
+}
 
 // max |got - want| / max |want|; infinity if got has a non-finite value where want is finite.
 double max_relative_error(const std::vector<float>& got, const std::vector<float>& want) {
@@ -138,12 +156,7 @@ void check_cross_entropy(const char* label, int64_t N, int V, double grad_tolera
   const size_t count = static_cast<size_t>(N) * static_cast<size_t>(V);
   // Scale 4 makes the softmax peaked, as late in training.
   std::vector<float> logits = random_normals(seed, 1, count, 4.0);
-  std::vector<T> device_logits;
-  if constexpr (std::is_same_v<T, bf16>) {
-    device_logits = round_to_bf16(logits);
-  } else {
-    device_logits = logits;
-  }
+  const std::vector<T> device_logits = device_values<T>(logits);
   const std::vector<int32_t> targets = random_targets(seed, N, V);
   const float dloss_weight = 1.0f / static_cast<float>(N);
 
@@ -221,13 +234,8 @@ void check_matmul(const char* label, const MatmulShape& s, double tolerance, Mat
   // Nonzero starting gradients: dweight and dbias must be accumulated, not overwritten.
   const std::vector<float> dweight0 = random_normals(seed, 5, OC * IC, 1.0);
   const std::vector<float> dbias0 = random_normals(seed, 6, OC, 1.0);
-  std::vector<T> t_inp, t_weight, t_bias, t_dout;
-  if constexpr (std::is_same_v<T, bf16>) {
-    t_inp = round_to_bf16(inp), t_weight = round_to_bf16(weight), t_bias = round_to_bf16(bias),
-    t_dout = round_to_bf16(dout);
-  } else {
-    t_inp = inp, t_weight = weight, t_bias = bias, t_dout = dout;
-  }
+  const std::vector<T> t_inp = device_values<T>(inp), t_weight = device_values<T>(weight),
+                       t_bias = device_values<T>(bias), t_dout = device_values<T>(dout);
   const float* cpu_inp = inp.data() + inp_offset;
 
   std::vector<float> want_out(N * OC), want_dinp(N * IC, 0.0f), want_dweight = dweight0, want_dbias = dbias0;
@@ -285,6 +293,195 @@ TEST_CASE("matmul refuses a bias that is not 16-byte aligned, with a clear error
   CHECK_THROWS_AS(matmul_forward(out.ptr, inp.ptr, weight.ptr, bias.ptr + 1, 8, 64, 64, ctx, nullptr), Error);
 }
 
+// The MLP's GELU-fused GEMMs. Both are checked against the fp64 CPU matmul and gelu
+// (model/matmul.h, model/gelu.h) on the same T-rounded inputs, with every output poisoned first.
+// GELU width = OC forward, IC backward; both must be multiples of 8 (cuBLASLt's rule).
+struct GeluMatmulShape {
+  int64_t N;
+  int IC, OC;
+};
+
+// pre = inp . weight^T (+ bias) and out = GELU(pre), from one matmul_gelu_forward.
+template <typename T>
+void check_matmul_gelu_forward(const char* label, const GeluMatmulShape& s, bool with_bias, double tolerance,
+                               MatmulContext& ctx) {
+  const auto N = static_cast<size_t>(s.N), IC = static_cast<size_t>(s.IC), OC = static_cast<size_t>(s.OC);
+  const uint64_t seed = 7000003 * N + 1013 * IC + OC;
+  std::vector<float> inp = random_normals(seed, 1, N * IC, 1.0);
+  // pre of order 1, so most values fall on GELU's curved part rather than its linear tails.
+  std::vector<float> weight = random_normals(seed, 2, OC * IC, 1.0 / std::sqrt(static_cast<double>(IC)));
+  std::vector<float> bias = random_normals(seed, 3, OC, 0.5);
+  const std::vector<T> t_inp = device_values<T>(inp), t_weight = device_values<T>(weight),
+                       t_bias = device_values<T>(bias);
+
+  const std::vector<double> inp64 = to_doubles(inp), weight64 = to_doubles(weight), bias64 = to_doubles(bias);
+  std::vector<double> pre64(N * OC), out64(N * OC);
+  matmul_forward<double>(pre64.data(), inp64.data(), weight64.data(), with_bias ? bias64.data() : nullptr, s.N,
+                         s.IC, s.OC);
+  gelu_forward<double>(out64.data(), pre64.data(), s.N * s.OC);
+
+  DeviceArray<T> d_inp(t_inp), d_weight(t_weight), d_bias(t_bias), d_pre(N * OC), d_out(N * OC);
+  matmul_gelu_forward(d_out.ptr, d_pre.ptr, d_inp.ptr, d_weight.ptr, with_bias ? d_bias.ptr : nullptr, s.N, s.IC,
+                      s.OC, ctx, nullptr);
+  const double err_pre = max_relative_error(to_floats(d_pre.download()), to_floats(pre64));
+  const double err_out = max_relative_error(to_floats(d_out.download()), to_floats(out64));
+
+  std::printf("matmul_gelu_forward %-4s N=%-5zu IC=%-4zu OC=%-4zu bias=%d | pre %.2e  gelu %.2e (tol %.0e)\n",
+              label, N, IC, OC, with_bias, err_pre, err_out, tolerance);
+  INFO(label, " N = ", N, " IC = ", IC, " OC = ", OC, " bias = ", with_bias);
+  CHECK(err_pre <= tolerance);
+  CHECK(err_out <= tolerance);
+}
+
+// dpre = (dout . weight) * GELU'(pre) written, dweight and dbias accumulated, from one
+// matmul_backward_dgelu; the layer's input is GELU(pre) rounded to T, as the forward stores it.
+template <typename T>
+void check_matmul_backward_dgelu(const char* label, const GeluMatmulShape& s, double tolerance,
+                                 double sum_tolerance, MatmulContext& ctx) {
+  const auto N = static_cast<size_t>(s.N), IC = static_cast<size_t>(s.IC), OC = static_cast<size_t>(s.OC);
+  const uint64_t seed = 9000011 * N + 1019 * IC + OC;
+  std::vector<float> pre = random_normals(seed, 1, N * IC, 1.5);
+  const std::vector<T> t_pre = device_values<T>(pre);
+  const std::vector<double> pre64 = to_doubles(pre);
+  std::vector<double> gelu64(N * IC);
+  gelu_forward<double>(gelu64.data(), pre64.data(), s.N * s.IC);
+  std::vector<float> inp = to_floats(gelu64);
+  const std::vector<T> t_inp = device_values<T>(inp);
+  std::vector<float> weight = random_normals(seed, 2, OC * IC, 0.05);
+  std::vector<float> dout = random_normals(seed, 3, N * OC, 1.0);
+  const std::vector<T> t_weight = device_values<T>(weight), t_dout = device_values<T>(dout);
+  // Nonzero starting gradients: dweight and dbias must be accumulated, not overwritten.
+  const std::vector<float> dweight0 = random_normals(seed, 4, OC * IC, 1.0);
+  const std::vector<float> dbias0 = random_normals(seed, 5, OC, 1.0);
+
+  std::vector<double> dgelu64(N * IC, 0.0), dpre64(N * IC, 0.0), dweight64 = to_doubles(dweight0),
+                      dbias64 = to_doubles(dbias0);
+  const std::vector<double> inp64 = to_doubles(inp), weight64 = to_doubles(weight), dout64 = to_doubles(dout);
+  matmul_backward<double>(dgelu64.data(), dweight64.data(), dbias64.data(), dout64.data(), inp64.data(),
+                          weight64.data(), s.N, s.IC, s.OC);
+  gelu_backward<double>(dpre64.data(), pre64.data(), dgelu64.data(), s.N * s.IC);
+
+  DeviceArray<T> d_pre(t_pre), d_inp(t_inp), d_weight(t_weight), d_dout(t_dout), d_dpre(N * IC);
+  DeviceArray<float> d_dweight(dweight0), d_dbias(dbias0);
+  matmul_backward_dgelu(d_dpre.ptr, d_dweight.ptr, d_dbias.ptr, d_dout.ptr, d_inp.ptr, d_pre.ptr, d_weight.ptr, s.N,
+                        s.IC, s.OC, ctx, nullptr);
+  const double err_dpre = max_relative_error(to_floats(d_dpre.download()), to_floats(dpre64));
+  const double err_dweight = max_relative_error(d_dweight.download(), to_floats(dweight64));
+  const double err_dbias = max_relative_error(d_dbias.download(), to_floats(dbias64));
+
+  std::printf("matmul_backward_dgelu %-4s N=%-5zu IC=%-4zu OC=%-4zu | dpre %.2e (tol %.0e) | dweight %.2e  dbias "
+              "%.2e (tol %.0e)\n",
+              label, N, IC, OC, err_dpre, tolerance, err_dweight, err_dbias, sum_tolerance);
+  INFO(label, " N = ", N, " IC = ", IC, " OC = ", OC);
+  CHECK(err_dpre <= tolerance);
+  CHECK(err_dweight <= sum_tolerance);
+  CHECK(err_dbias <= sum_tolerance);
+}
+
+// Multiples of 8 (the GELU width must be), with the GPT-2 MLP pair among them.
+const std::pair<int, int> kGeluChannelPairs[] = {{64, 64}, {200, 776}, {776, 200}, {768, 3072}, {3072, 768}};
+
+TEST_CASE("matmul_gelu_forward and matmul_backward_dgelu on bf16 match the fp64 CPU matmul + gelu") {
+  MatmulContext ctx;
+  int index = 0;
+  for (int64_t N : {1, 7, 1000, 4097})
+    for (auto [IC, OC] : kGeluChannelPairs) {
+      check_matmul_gelu_forward<bf16>("bf16", {N, IC, OC}, index++ % 2 == 0, kBf16Tolerance, ctx);
+      check_matmul_backward_dgelu<bf16>("bf16", {N, IC, OC}, kBf16Tolerance, kFp32SumTolerance, ctx);
+    }
+}
+
+TEST_CASE("matmul_gelu_forward and matmul_backward_dgelu on fp32 match the fp64 CPU matmul + gelu") {
+  MatmulContext ctx;
+  for (int64_t N : {7, 1000})
+    for (auto [IC, OC] : {std::pair{64, 776}, std::pair{776, 64}}) {
+      check_matmul_gelu_forward<float>("fp32", {N, IC, OC}, true, kFp32Tolerance, ctx);
+      check_matmul_backward_dgelu<float>("fp32", {N, IC, OC}, kFp32DgeluTolerance, kFp32Tolerance, ctx);
+    }
+}
+
+// Which GELU the epilogues compute. The exact GELU, 0.5 x (1 + erf(x / sqrt 2)), and the tanh
+// approximation our CPU gelu uses differ by at most 5e-4 (derivative 9e-4): bf16 rounding of the
+// output hides that, except on x in [-4, -3], where the erf GELU is on average 37% larger in
+// magnitude (derivative 20%). So x runs over a grid, each value passed exactly as pre (identity
+// weight, no bias; dout = 1 for the derivative), and the mean signed relative error over that
+// interval tells the two apart; the max error over the whole grid is the usual bf16 check.
+struct GeluErrors {
+  double max_vs_tanh = 0, tail_mean_vs_tanh = 0, tail_mean_vs_erf = 0;
+};
+
+GeluErrors gelu_errors(const std::vector<float>& got, const std::vector<float>& x, bool derivative) {
+  const double inv_sqrt2 = 0.7071067811865476, inv_sqrt_2pi = 0.3989422804014327;
+  std::vector<double> tanh_gelu(x.size(), 0.0), ones(x.size(), 1.0), xs = to_doubles(x);
+  if (derivative) {
+    gelu_backward<double>(tanh_gelu.data(), xs.data(), ones.data(), static_cast<int64_t>(xs.size()));
+  } else {
+    gelu_forward<double>(tanh_gelu.data(), xs.data(), static_cast<int64_t>(xs.size()));
+  }
+  GeluErrors e;
+  e.max_vs_tanh = max_relative_error(got, to_floats(tanh_gelu));
+  int tail = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    if (xs[i] < -4 || xs[i] > -3) continue;
+    const double phi = 0.5 * (1 + std::erf(xs[i] * inv_sqrt2));
+    const double erf_gelu = derivative ? phi + xs[i] * inv_sqrt_2pi * std::exp(-0.5 * xs[i] * xs[i]) : xs[i] * phi;
+    e.tail_mean_vs_tanh += (got[i] - tanh_gelu[i]) / std::abs(tanh_gelu[i]);
+    e.tail_mean_vs_erf += (got[i] - erf_gelu) / std::abs(erf_gelu);
+    ++tail;
+  }
+  REQUIRE(tail > 0);
+  e.tail_mean_vs_tanh /= tail;
+  e.tail_mean_vs_erf /= tail;
+  return e;
+}
+
+TEST_CASE("matmul_gelu: cuBLASLt's GELU and its derivative are the tanh approximation of model/gelu.h") {
+  constexpr int kWidth = 64;
+  constexpr int64_t kRows = 256;
+  const size_t n = static_cast<size_t>(kRows) * kWidth;
+  std::vector<float> x(n);
+  for (size_t i = 0; i < n; ++i) x[i] = static_cast<float>(-6.0 + 12.0 * static_cast<double>(i) / (n - 1));
+  std::vector<float> identity(size_t{kWidth} * kWidth, 0.0f);
+  for (int i = 0; i < kWidth; ++i) identity[size_t{kWidth} * i + i] = 1.0f;
+  std::vector<float> ones(n, 1.0f);
+  MatmulContext ctx;
+  DeviceArray<bf16> d_x(round_to_bf16(x)), d_identity(round_to_bf16(identity)), d_ones(round_to_bf16(ones)),
+      d_gelu(n), d_pre(n), d_dgelu(n);
+  DeviceArray<float> d_dweight(std::vector<float>(size_t{kWidth} * kWidth, 0.0f));
+  matmul_gelu_forward(d_gelu.ptr, d_pre.ptr, d_x.ptr, d_identity.ptr, nullptr, kRows, kWidth, kWidth, ctx, nullptr);
+  matmul_backward_dgelu(d_dgelu.ptr, d_dweight.ptr, nullptr, d_ones.ptr, d_x.ptr, d_x.ptr, d_identity.ptr, kRows,
+                        kWidth, kWidth, ctx, nullptr);
+  CHECK(max_relative_error(to_floats(d_pre.download()), x) == 0.0);  // pre passed through exactly
+  const GeluErrors forward = gelu_errors(to_floats(d_gelu.download()), x, false);
+  const GeluErrors backward = gelu_errors(to_floats(d_dgelu.download()), x, true);
+  for (const auto& [name, e] : {std::pair{"GELU", forward}, std::pair{"GELU'", backward}})
+    std::printf("cuBLASLt %-5s on x in [-6, 6]: max error vs tanh GELU %.2e (tol %.0e) | mean signed relative "
+                "error on [-4, -3]: vs tanh GELU %+.3f, vs erf GELU %+.3f\n",
+                name, e.max_vs_tanh, kBf16Tolerance, e.tail_mean_vs_tanh, e.tail_mean_vs_erf);
+  for (const GeluErrors& e : {forward, backward}) {
+    CHECK(e.max_vs_tanh <= kBf16Tolerance);
+    CHECK(std::abs(e.tail_mean_vs_tanh) <= 0.05);
+  }
+}
+
+TEST_CASE("matmul_gelu refuses a GELU input that cuBLASLt cannot take, with a clear error") {
+  MatmulContext ctx;
+  DeviceArray<bf16> inp(8 * 64), weight(64 * 64), pre(8 * 64 + 8), out(8 * 64), dout(8 * 64), dpre(8 * 64);
+  DeviceArray<float> dweight(64 * 64);
+  // Not 16-byte aligned.
+  CHECK_THROWS_AS(matmul_gelu_forward(out.ptr, pre.ptr + 1, inp.ptr, weight.ptr, nullptr, 8, 64, 64, ctx, nullptr),
+                  Error);
+  CHECK_THROWS_AS(matmul_backward_dgelu(dpre.ptr, dweight.ptr, nullptr, dout.ptr, inp.ptr, pre.ptr + 1, weight.ptr,
+                                        8, 64, 64, ctx, nullptr),
+                  Error);
+  // A GELU width (OC forward, IC backward) that is not a multiple of 8.
+  CHECK_THROWS_AS(matmul_gelu_forward(out.ptr, pre.ptr, inp.ptr, weight.ptr, nullptr, 8, 64, 60, ctx, nullptr),
+                  Error);
+  CHECK_THROWS_AS(matmul_backward_dgelu(dpre.ptr, dweight.ptr, nullptr, dout.ptr, inp.ptr, pre.ptr, weight.ptr, 8,
+                                        60, 64, ctx, nullptr),
+                  Error);
+}
+
 std::vector<bf16> uniform_bf16(uint64_t seed, size_t n) {
   CounterRng rng(seed, 1);
   std::vector<bf16> x(n);
@@ -315,6 +512,60 @@ TEST_CASE("timing: bf16 matmul at GPT-2 MLP size (N=8192, IC=768, OC=3072), for 
               static_cast<long long>(N), IC, OC, backward_ms, 2.0 * flops / (backward_ms * 1e-3) / 1e12);
   const std::vector<bf16> result = out.download();
   CHECK(std::all_of(result.begin(), result.end(), [](bf16 x) { return std::isfinite(x.to_float()); }));
+}
+
+// The MLP's GELU GEMMs fused (one cuBLASLt call each) against what the model ran before: the
+// matmul, then the GELU kernels of layers_cuda (the backward zeroes dpre first: gelu_backward adds).
+// Forward at the fc shape, backward at the fcproj shape, whose input is the GELU output.
+TEST_CASE("timing: GELU fused into the cuBLASLt epilogues vs separate kernels (N=16384, C=768, 4C=3072)") {
+  const int64_t N = 16384;
+  const int C = 768, F = 3072;
+  const auto n = static_cast<size_t>(N);
+  const int64_t NF = N * F;
+  MatmulContext ctx;
+  DeviceArray<bf16> ln(uniform_bf16(1, n * C)), fc_w(uniform_bf16(2, size_t{F} * C)), fc_b(uniform_bf16(3, F)),
+      fcproj_w(uniform_bf16(4, size_t{C} * F)), dout(uniform_bf16(5, n * C)), pre(n * F), gelu(n * F), dgelu(n * F),
+      dpre(n * F);
+  DeviceArray<float> dweight(std::vector<float>(size_t{C} * F, 0.0f)), dbias(std::vector<float>(C, 0.0f));
+  auto* k_pre = reinterpret_cast<__nv_bfloat16*>(pre.ptr);
+  auto* k_gelu = reinterpret_cast<__nv_bfloat16*>(gelu.ptr);
+  auto* k_dgelu = reinterpret_cast<__nv_bfloat16*>(dgelu.ptr);
+  auto* k_dpre = reinterpret_cast<__nv_bfloat16*>(dpre.ptr);
+
+  const double forward_separate_ms = median_ms(
+      [&] {
+        matmul_forward(pre.ptr, ln.ptr, fc_w.ptr, fc_b.ptr, N, C, F, ctx, nullptr);
+        gelu_forward(k_gelu, k_pre, NF, nullptr);
+      },
+      5, 20);
+  const double forward_fused_ms = median_ms(
+      [&] { matmul_gelu_forward(gelu.ptr, pre.ptr, ln.ptr, fc_w.ptr, fc_b.ptr, N, C, F, ctx, nullptr); }, 5, 20);
+  const double backward_separate_ms = median_ms(
+      [&] {
+        matmul_backward(dgelu.ptr, dweight.ptr, dbias.ptr, dout.ptr, gelu.ptr, fcproj_w.ptr, N, F, C, ctx, nullptr);
+        DILATRON_CUDA_CHECK(cudaMemsetAsync(dpre.ptr, 0, n * F * sizeof(bf16), nullptr));
+        gelu_backward(k_dpre, k_pre, k_dgelu, NF, nullptr);
+      },
+      5, 20);
+  const double backward_fused_ms = median_ms(
+      [&] {
+        matmul_backward_dgelu(dpre.ptr, dweight.ptr, dbias.ptr, dout.ptr, gelu.ptr, pre.ptr, fcproj_w.ptr, N, F, C,
+                              ctx, nullptr);
+      },
+      5, 20);
+  const double flops = 2.0 * static_cast<double>(N) * C * F;
+  std::printf("TIMING fc forward bf16 N=%lld IC=%d OC=%d (+bias, GELU): matmul + gelu kernel %.4f ms, fused %.4f ms "
+              "(%.1f TFLOP/s), %.2fx\n",
+              static_cast<long long>(N), C, F, forward_separate_ms, forward_fused_ms,
+              flops / (forward_fused_ms * 1e-3) / 1e12, forward_separate_ms / forward_fused_ms);
+  std::printf("TIMING fcproj backward bf16 N=%lld IC=%d OC=%d (dpre through GELU, dweight, dbias): matmul + zero + "
+              "gelu_backward %.4f ms, fused %.4f ms (%.1f TFLOP/s), %.2fx\n",
+              static_cast<long long>(N), F, C, backward_separate_ms, backward_fused_ms,
+              2.0 * flops / (backward_fused_ms * 1e-3) / 1e12, backward_separate_ms / backward_fused_ms);
+  for (const DeviceArray<bf16>* result : {&gelu, &dpre}) {
+    const std::vector<bf16> values = result->download();
+    CHECK(std::all_of(values.begin(), values.end(), [](bf16 x) { return std::isfinite(x.to_float()); }));
+  }
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // Linear layer on the GPU through cuBLASLt, the CUDA twin of model/matmul.h (same names, plus a
 // MatmulContext and a stream): out (N, OC) = inp (N, IC) . weight (OC, IC)^T + bias (OC).
 // Products accumulate in fp32 (CUBLAS_COMPUTE_32F, no TF32) for both the bf16 and fp32 overloads;
-// the bias is added in the cuBLASLt epilogue. All pointers are device pointers.
+// the bias is added in the cuBLASLt epilogue. All pointers are device pointers. The MLP's GELU
+// (model/gelu.h) can be fused into the epilogues too: matmul_gelu_forward, matmul_backward_dgelu.
 //
 // Gradient rule, which differs from the CPU version in one place: dinp is WRITTEN by default
 // (DinpRule::accumulate adds into it, in the GEMM itself, for the three q/k/v products that share
@@ -11,7 +12,9 @@
 // Alignment: any element-aligned pointer works: the alignment each pointer actually has is passed
 // to the cuBLASLt heuristic, which then picks only kernels that can handle it. Two checks throw
 // with the shapes in the message: a bias pointer that is not 16-byte aligned (the epilogue reads
-// it in 16-byte vectors), and a shape for which cuBLASLt offers no algorithm at all.
+// it in 16-byte vectors), and a shape for which cuBLASLt offers no algorithm at all. The GELU
+// functions add cuBLASLt's rules for the GELU input (pre): 16-byte aligned, and a row length that
+// is a multiple of 8.
 #pragma once
 
 #ifdef DILATRON_CUDA
@@ -61,6 +64,27 @@ void matmul_backward(bf16* dinp, float* dweight, float* dbias, const bf16* dout,
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                      const float* weight, int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream,
                      DinpRule rule = DinpRule::write);
+
+// The first layer of the MLP and its GELU in one GEMM: pre (N, OC) = inp . weight^T + bias and
+// out (N, OC) = GELU(pre), both written. GELU runs in the epilogue on the fp32 accumulator; pre,
+// the epilogue's auxiliary output, is kept for the backward. OC must be a multiple of 8.
+// cuBLASLt's GELU is the tanh approximation of model/gelu.h (kernels_gpu_test tells it from the
+// erf GELU), so fused and separate kernels compute the same function.
+void matmul_gelu_forward(bf16* out, bf16* pre, const bf16* inp, const bf16* weight, const bf16* bias, int64_t N,
+                         int IC, int OC, MatmulContext& ctx, cudaStream_t stream);
+void matmul_gelu_forward(float* out, float* pre, const float* inp, const float* weight, const float* bias,
+                         int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream);
+
+// Backward of the layer that reads inp (N, IC) = GELU(pre), through that GELU: dpre (N, IC) =
+// (dout . weight) * GELU'(pre), WRITTEN, by the epilogue of the dinp GEMM (no separate dinp);
+// dweight (OC, IC) += dout^T . inp and dbias (OC) += column sums of dout, as matmul_backward. IC
+// must be a multiple of 8.
+void matmul_backward_dgelu(bf16* dpre, float* dweight, float* dbias, const bf16* dout, const bf16* inp,
+                           const bf16* pre, const bf16* weight, int64_t N, int IC, int OC, MatmulContext& ctx,
+                           cudaStream_t stream);
+void matmul_backward_dgelu(float* dpre, float* dweight, float* dbias, const float* dout, const float* inp,
+                           const float* pre, const float* weight, int64_t N, int IC, int OC, MatmulContext& ctx,
+                           cudaStream_t stream);
 
 namespace detail {
 // dbias (OC) += sum over rows of dout (N, OC), in fp32; from model/matmul.cu, which cannot
