@@ -9,6 +9,7 @@
 #include "attention/dilated_spec.h"
 #include "core/check.h"
 #include "core/cuda_check.h"
+#include "core/op_profiler.h"
 #include "model/cross_entropy_cuda.h"
 #include "model/layers_cuda.h"
 
@@ -133,7 +134,6 @@ GptCuda<T>::GptCuda(const GptShape& shape, int max_batch, ParameterSource<float>
     dk_ = a.take<T>(N * C);
     dv_ = a.take<T>(N * C);
     d_fc_ = a.take<T>(N * F);
-    d_gelu_ = a.take<T>(N * F);
     tokens_ = a.take<int32_t>(N);
     targets_ = a.take<int32_t>(N);
     buckets_ = a.take<int32_t>(3 * N + 1);
@@ -165,6 +165,7 @@ const T* GptCuda<T>::compute_copy(const float* group, int g, T* scratch) {
     (void)g, (void)scratch;
     return group;
   } else {
+    DILATRON_PROFILE("convert_to_bf16", stream_);
     convert_from_float(k(scratch), group, offsets_.group_numel[g], stream_);
     return scratch;
   }
@@ -204,22 +205,42 @@ void GptCuda<T>::block_forward(int layer, const T* weights, const BlockActivatio
   const int64_t N = static_cast<int64_t>(B_) * Tc_;
   const int C = shape_.d_model, F = gpt_ff_width(shape_), H = shape_.n_heads, D = C / H;
   const int64_t CC = static_cast<int64_t>(C) * C;
-  norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x_in, w.ln1_w, w.ln1_b);
-  // The (3C, C) qkv weight's row blocks produce q, k, v directly in (B, Tc, H, D) layout.
-  matmul_forward(a.q, a.ln1, w.qkv_w, w.qkv_b, N, C, C, matmul_, stream_);
-  matmul_forward(a.k, a.ln1, w.qkv_w + CC, w.qkv_b + C, N, C, C, matmul_, stream_);
-  matmul_forward(a.v, a.ln1, w.qkv_w + 2 * CC, w.qkv_b + 2 * C, N, C, C, matmul_, stream_);
+  {
+    DILATRON_PROFILE("fwd.norm", stream_);
+    norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x_in, w.ln1_w, w.ln1_b);
+  }
+  {
+    DILATRON_PROFILE("fwd.matmul.qkv", stream_);
+    // The (3C, C) qkv weight's row blocks produce q, k, v directly in (B, Tc, H, D) layout.
+    matmul_forward(a.q, a.ln1, w.qkv_w, w.qkv_b, N, C, C, matmul_, stream_);
+    matmul_forward(a.k, a.ln1, w.qkv_w + CC, w.qkv_b + C, N, C, C, matmul_, stream_);
+    matmul_forward(a.v, a.ln1, w.qkv_w + 2 * CC, w.qkv_b + 2 * C, N, C, C, matmul_, stream_);
+  }
   if (shape_.position == PositionKind::rotary) {
+    DILATRON_PROFILE("fwd.rotary", stream_);
     rotary_forward(k(a.q), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
     rotary_forward(k(a.k), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
   }
-  attention_->forward(a.att, a.lse, a.q, a.k, a.v, B_, Tc_, H, D, stream_);
-  matmul_forward(a.x_mid, a.att, w.proj_w, w.proj_b, N, C, C, matmul_, stream_);
-  residual_forward(k(a.x_mid), k(x_in), N * C, stream_);
-  norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.x_mid, w.ln2_w, w.ln2_b);
-  // One GEMM writes both fc and fc_gelu (also when recomputing, x_out null: the backward reads both).
-  matmul_gelu_forward(a.fc_gelu, a.fc, a.ln2, w.fc_w, w.fc_b, N, C, F, matmul_, stream_);
+  {
+    DILATRON_PROFILE("fwd.attention", stream_);
+    attention_->forward(a.att, a.lse, a.q, a.k, a.v, B_, Tc_, H, D, stream_);
+  }
+  {
+    DILATRON_PROFILE("fwd.matmul.proj+residual", stream_);
+    matmul_forward(a.x_mid, a.att, w.proj_w, w.proj_b, N, C, C, matmul_, stream_);
+    residual_forward(k(a.x_mid), k(x_in), N * C, stream_);
+  }
+  {
+    DILATRON_PROFILE("fwd.norm", stream_);
+    norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.x_mid, w.ln2_w, w.ln2_b);
+  }
+  {
+    DILATRON_PROFILE("fwd.matmul.fc+gelu", stream_);
+    // One GEMM writes both fc and fc_gelu (also when recomputing, x_out null: the backward reads both).
+    matmul_gelu_forward(a.fc_gelu, a.fc, a.ln2, w.fc_w, w.fc_b, N, C, F, matmul_, stream_);
+  }
   if (x_out != nullptr) {
+    DILATRON_PROFILE("fwd.matmul.fcproj+residual", stream_);
     matmul_forward(x_out, a.fc_gelu, w.fcproj_w, w.fcproj_b, N, F, C, matmul_, stream_);
     residual_forward(k(x_out), k(a.x_mid), N * C, stream_);
   }
@@ -235,25 +256,47 @@ void GptCuda<T>::block_backward(int layer, const T* weights, float* grads, const
   const int64_t CC = static_cast<int64_t>(C) * C;
 
   // MLP branch: d_residual_ holds d x_out and also feeds d x_mid through the skip.
-  // d fc = (d x_out . fcproj_w) * GELU'(fc) straight from the GEMM's epilogue.
-  matmul_backward_dgelu(d_fc_, g.fcproj_w, g.fcproj_b, d_residual_, a.fc_gelu, a.fc, w.fcproj_w, N, F, C, matmul_,
-                        stream_);
-  matmul_backward(d_norm_, g.fc_w, g.fc_b, d_fc_, a.ln2, w.fc_w, N, C, F, matmul_, stream_);
-  norm_backward(d_residual_, g.ln2_w, g.ln2_b, d_norm_, a.x_mid, w.ln2_w, a.ln2_mean, a.ln2_rstd);
+  {
+    DILATRON_PROFILE("bwd.matmul.fcproj+dgelu", stream_);
+    // d fc = (d x_out . fcproj_w) * GELU'(fc) straight from the GEMM's epilogue.
+    matmul_backward_dgelu(d_fc_, g.fcproj_w, g.fcproj_b, d_residual_, a.fc_gelu, a.fc, w.fcproj_w, N, F, C,
+                          matmul_, stream_);
+  }
+  {
+    DILATRON_PROFILE("bwd.matmul.fc", stream_);
+    matmul_backward(d_norm_, g.fc_w, g.fc_b, d_fc_, a.ln2, w.fc_w, N, C, F, matmul_, stream_);
+  }
+  {
+    DILATRON_PROFILE("bwd.norm", stream_);
+    norm_backward(d_residual_, g.ln2_w, g.ln2_b, d_norm_, a.x_mid, w.ln2_w, a.ln2_mean, a.ln2_rstd);
+  }
 
   // Attention branch: d_residual_ now holds d x_mid.
-  matmul_backward(d_norm_, g.proj_w, g.proj_b, d_residual_, a.att, w.proj_w, N, C, C, matmul_, stream_);
-  attention_->backward(dq_, dk_, dv_, d_norm_, a.att, a.lse, a.q, a.k, a.v, B_, Tc_, H, D, stream_);
+  {
+    DILATRON_PROFILE("bwd.matmul.proj", stream_);
+    matmul_backward(d_norm_, g.proj_w, g.proj_b, d_residual_, a.att, w.proj_w, N, C, C, matmul_, stream_);
+  }
+  {
+    DILATRON_PROFILE("bwd.attention", stream_);
+    attention_->backward(dq_, dk_, dv_, d_norm_, a.att, a.lse, a.q, a.k, a.v, B_, Tc_, H, D, stream_);
+  }
   if (shape_.position == PositionKind::rotary) {
+    DILATRON_PROFILE("bwd.rotary", stream_);
     rotary_backward(k(dq_), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
     rotary_backward(k(dk_), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
   }
-  matmul_backward(d_norm_, g.qkv_w, g.qkv_b, dq_, a.ln1, w.qkv_w, N, C, C, matmul_, stream_);
-  matmul_backward(d_norm_, g.qkv_w + CC, g.qkv_b + C, dk_, a.ln1, w.qkv_w + CC, N, C, C, matmul_, stream_,
-                  DinpRule::accumulate);
-  matmul_backward(d_norm_, g.qkv_w + 2 * CC, g.qkv_b + 2 * C, dv_, a.ln1, w.qkv_w + 2 * CC, N, C, C, matmul_,
-                  stream_, DinpRule::accumulate);
-  norm_backward(d_residual_, g.ln1_w, g.ln1_b, d_norm_, x_in, w.ln1_w, a.ln1_mean, a.ln1_rstd);
+  {
+    DILATRON_PROFILE("bwd.matmul.qkv", stream_);
+    matmul_backward(d_norm_, g.qkv_w, g.qkv_b, dq_, a.ln1, w.qkv_w, N, C, C, matmul_, stream_);
+    matmul_backward(d_norm_, g.qkv_w + CC, g.qkv_b + C, dk_, a.ln1, w.qkv_w + CC, N, C, C, matmul_, stream_,
+                    DinpRule::accumulate);
+    matmul_backward(d_norm_, g.qkv_w + 2 * CC, g.qkv_b + 2 * C, dv_, a.ln1, w.qkv_w + 2 * CC, N, C, C, matmul_,
+                    stream_, DinpRule::accumulate);
+  }
+  {
+    DILATRON_PROFILE("bwd.norm", stream_);
+    norm_backward(d_residual_, g.ln1_w, g.ln1_b, d_norm_, x_in, w.ln1_w, a.ln1_mean, a.ln1_rstd);
+  }
 }
 
 template <typename T>
@@ -285,9 +328,12 @@ void GptCuda<T>::trunk_forward(const int32_t* tokens, const int32_t* targets, in
 
   const float* embeddings = source_.acquire(0);
   const T* emb = compute_copy(embeddings, 0, group0_copy_);
-  token_embedding_forward(k(residual_[0]), tokens_, k(emb + offsets_.wte), N, C, V, stream_);
-  if (shape_.position == PositionKind::learned)
-    position_embedding_forward(k(residual_[0]), k(emb + offsets_.wpe), B, Tc, C, pos0, stream_);
+  {
+    DILATRON_PROFILE("embedding", stream_);
+    token_embedding_forward(k(residual_[0]), tokens_, k(emb + offsets_.wte), N, C, V, stream_);
+    if (shape_.position == PositionKind::learned)
+      position_embedding_forward(k(residual_[0]), k(emb + offsets_.wpe), B, Tc, C, pos0, stream_);
+  }
   source_.release(0);
   for (int l = 0; l < L; ++l) {
     const T* weights = compute_copy(source_.acquire(l + 1), l + 1, group_copy_);
@@ -306,12 +352,20 @@ double GptCuda<T>::head(const T* wte, float* dwte, double dloss_weight) {
   const int C = shape_.d_model, V = shape_.vocab_size;
   for (int64_t r0 = 0; r0 < N; r0 += chunk_rows_) {
     const int64_t n = std::min(chunk_rows_, N - r0);
-    matmul_forward(logits_, lnf_ + r0 * C, wte, nullptr, n, C, V, matmul_, stream_);
+    {
+      DILATRON_PROFILE("head.matmul", stream_);
+      matmul_forward(logits_, lnf_ + r0 * C, wte, nullptr, n, C, V, matmul_, stream_);
+    }
     if (!has_targets_) continue;
-    cross_entropy_forward(losses_ + r0, ce_lse_ + r0, logits_, targets_ + r0, n, V, stream_);
+    {
+      DILATRON_PROFILE("head.cross_entropy", stream_);
+      cross_entropy_forward(losses_ + r0, ce_lse_ + r0, logits_, targets_ + r0, n, V, stream_);
+      if (dwte != nullptr)
+        cross_entropy_backward(logits_, logits_, ce_lse_ + r0, targets_ + r0, static_cast<float>(dloss_weight), n,
+                               V, stream_);
+    }
     if (dwte == nullptr) continue;
-    cross_entropy_backward(logits_, logits_, ce_lse_ + r0, targets_ + r0, static_cast<float>(dloss_weight), n, V,
-                           stream_);
+    DILATRON_PROFILE("head.matmul.backward", stream_);
     matmul_backward(d_norm_ + r0 * C, dwte, nullptr, logits_, lnf_ + r0 * C, wte, n, C, V, matmul_, stream_);
   }
   logits_whole_ = dwte == nullptr && N <= chunk_rows_;
@@ -324,6 +378,7 @@ double GptCuda<T>::sum_losses() {
   float* staged = host_io_.as<float>() + 2 * N;
   DILATRON_CUDA_CHECK(cudaMemcpyAsync(staged, losses_, N * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   DILATRON_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (OpProfiler& profiler = OpProfiler::instance(); profiler.enabled()) profiler.collect();
   double total = 0;
   for (int64_t i = 0; i < N; ++i) total += staged[i];
   return total;
@@ -377,9 +432,12 @@ double GptCuda<T>::forward_backward(const int32_t* tokens, const int32_t* target
     source_.gradients_done(l + 1);
     source_.release(l + 1);
   }
-  token_embedding_backward(d_emb + offsets_.wte, k(d_residual_), buckets_, num_buckets_, C, stream_);
-  if (shape_.position == PositionKind::learned)
-    position_embedding_backward(d_emb + offsets_.wpe, k(d_residual_), B_, Tc_, C, pos0_, stream_);
+  {
+    DILATRON_PROFILE("embedding.backward", stream_);
+    token_embedding_backward(d_emb + offsets_.wte, k(d_residual_), buckets_, num_buckets_, C, stream_);
+    if (shape_.position == PositionKind::learned)
+      position_embedding_backward(d_emb + offsets_.wpe, k(d_residual_), B_, Tc_, C, pos0_, stream_);
+  }
   source_.gradients_done(0);
   source_.release(0);
   return loss;

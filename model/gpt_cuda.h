@@ -121,7 +121,7 @@ class GptCuda {
   float *lnf_mean_, *lnf_rstd_;
   T* logits_;  // (chunk_rows, V)
   float *ce_lse_, *losses_;  // (N)
-  T *d_residual_, *d_norm_, *dq_, *dk_, *dv_, *d_fc_, *d_gelu_;
+  T *d_residual_, *d_norm_, *dq_, *dk_, *dv_, *d_fc_;
   int32_t *tokens_, *targets_;  // device (N)
   int32_t* buckets_;            // device token buckets (layers_cuda.h, token_buckets)
   int32_t num_buckets_ = 0;
