@@ -20,6 +20,7 @@ run() {  # name command...; skipped when the kit lacks the program
 }
 bin=.devkit/bin
 run layers $bin/layers_gpu_test
+run kernels $bin/kernels_gpu_test
 run optim $bin/optim_gpu_test
 run attention $bin/attention_gpu_test
 run gpt_cuda $bin/gpt_cuda_gpu_test
@@ -31,5 +32,9 @@ if [ "${1:-}" = sanitize ]; then
   run memcheck_attention compute-sanitizer --tool memcheck --error-exitcode 9 $bin/attention_gpu_test -tce='*timing*'
   run racecheck_attention compute-sanitizer --tool racecheck --error-exitcode 9 $bin/attention_gpu_test -tce='*timing*,*4096*'
   run memcheck_gpt compute-sanitizer --tool memcheck --error-exitcode 9 $bin/gpt_cuda_gpu_test
+  run memcheck_layers compute-sanitizer --tool memcheck --error-exitcode 9 $bin/layers_gpu_test -tce='*timing*'
+  run memcheck_kernels compute-sanitizer --tool memcheck --error-exitcode 9 $bin/kernels_gpu_test -tce='*timing*'
+  run memcheck_optim compute-sanitizer --tool memcheck --error-exitcode 9 $bin/optim_gpu_test -tce='*timing*'
+  run racecheck_layers compute-sanitizer --tool racecheck --error-exitcode 9 $bin/layers_gpu_test -tce='*timing*'
 fi
 printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
