@@ -1,5 +1,6 @@
 #include "optim/adamw.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/check.h"
@@ -21,6 +22,35 @@ AdamWScalars adamw_scalars(const AdamWStep& s) {
           s.weight_decay,
           static_cast<float>(1.0 - std::pow(static_cast<double>(s.beta1), step)),
           static_cast<float>(1.0 - std::pow(static_cast<double>(s.beta2), step))};
+}
+
+std::vector<AdamWChunk> adamw_chunks(const std::vector<AdamWSegment>& segments, int64_t chunk_elements) {
+  DILATRON_CHECK(chunk_elements > 0 && chunk_elements % 4 == 0 && chunk_elements <= INT32_MAX,
+                 "AdamW chunk size must be a positive multiple of 4, got {}", chunk_elements);
+  std::vector<AdamWSegment> sorted;
+  for (const AdamWSegment& seg : segments) {
+    DILATRON_CHECK(seg.begin >= 0 && seg.length >= 0, "AdamW segment [{}, +{}) has a negative begin or length",
+                   seg.begin, seg.length);
+    if (seg.length > 0) sorted.push_back(seg);
+  }
+  std::sort(sorted.begin(), sorted.end(),
+            [](const AdamWSegment& a, const AdamWSegment& b) { return a.begin < b.begin; });
+  for (size_t i = 1; i < sorted.size(); ++i) {
+    DILATRON_CHECK(sorted[i - 1].begin + sorted[i - 1].length <= sorted[i].begin,
+                   "AdamW segments [{}, +{}) and [{}, +{}) overlap", sorted[i - 1].begin, sorted[i - 1].length,
+                   sorted[i].begin, sorted[i].length);
+  }
+  std::vector<AdamWChunk> chunks;
+  for (const AdamWSegment& seg : segments) {
+    const int64_t end = seg.begin + seg.length;
+    for (int64_t begin = seg.begin; begin < end;) {
+      const int64_t next_cut = (begin / chunk_elements + 1) * chunk_elements;
+      const int64_t stop = std::min(end, next_cut);
+      chunks.push_back({begin, static_cast<int32_t>(stop - begin), seg.weight_decay});
+      begin = stop;
+    }
+  }
+  return chunks;
 }
 
 }  // namespace detail

@@ -89,5 +89,36 @@ TEST_CASE("adamw rejects a 0-based step") {
   CHECK_THROWS(adamw_update_cpu(&p, &g, &m, &v, 1, AdamWStep{0.1f, 0.9f, 0.999f, 1e-8f, 0.0f, 0}));
 }
 
+TEST_CASE("adamw_chunks covers each segment exactly, in bounded pieces cut at multiples of the size") {
+  // Unaligned begins, a segment spanning several cuts, one ending on a cut, an empty one, a gap.
+  const std::vector<AdamWSegment> segments = {
+      {3, 1, true}, {5, 30, false}, {40, 0, true}, {41, 23, true}, {64, 16, false}, {100, 1, false}};
+  const std::vector<detail::AdamWChunk> chunks = detail::adamw_chunks(segments, 16);
+  std::vector<int> covered(128, 0), decayed(128, 0);
+  for (const detail::AdamWChunk& c : chunks) {
+    REQUIRE(c.length >= 1);
+    CHECK(c.length <= 16);
+    // A chunk never crosses a multiple of 16, so interior chunks start float4-aligned.
+    CHECK(c.begin / 16 == (c.begin + c.length - 1) / 16);
+    for (int64_t i = c.begin; i < c.begin + c.length; ++i) ++covered[i], decayed[i] = c.weight_decay;
+  }
+  std::vector<int> want_covered(128, 0), want_decayed(128, 0);
+  for (const AdamWSegment& s : segments) {
+    for (int64_t i = s.begin; i < s.begin + s.length; ++i) want_covered[i] = 1, want_decayed[i] = s.weight_decay;
+  }
+  CHECK(covered == want_covered);
+  CHECK(decayed == want_decayed);
+  // [5, 35) is cut at 16 and 32; [41, 64) at 48; [64, 80) is one whole chunk.
+  CHECK(chunks.size() == 1 + 3 + 2 + 1 + 1);
+}
+
+TEST_CASE("adamw_chunks rejects overlapping segments and negative sizes") {
+  CHECK_THROWS(detail::adamw_chunks({{0, 10, true}, {9, 4, true}}, 16));
+  CHECK_THROWS(detail::adamw_chunks({{20, 4, true}, {0, 21, false}}, 16));  // overlap out of order
+  CHECK_THROWS(detail::adamw_chunks({{-1, 4, true}}, 16));
+  CHECK_THROWS(detail::adamw_chunks({{0, -4, true}}, 16));
+  CHECK_NOTHROW(detail::adamw_chunks({{0, 10, true}, {10, 4, false}}, 16));  // adjacent is fine
+}
+
 }  // namespace
 }  // namespace dilatron

@@ -14,6 +14,10 @@ namespace dilatron::detail {
 
 cudaError_t launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWScalars& c,
                          cudaStream_t stream);
+// One block per chunk (num_chunks of them, device memory); float4 where all four arrays are
+// 16-byte aligned.
+cudaError_t launch_adamw_segments(float* param, const float* grad, float* m, float* v, const AdamWChunk* chunks,
+                                  int64_t num_chunks, const AdamWScalars& c, cudaStream_t stream);
 
 // sum of x[i]^2 over n > 0 elements into *total (device), using partials (device doubles, count
 // sum_of_squares_partials(n)) as scratch.

@@ -29,13 +29,19 @@ void to_device(float* device, const std::vector<float>& host, cudaStream_t strea
   DILATRON_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
+std::vector<AdamWSegment> adamw_segments(const std::vector<ParamSpec>& specs) {
+  std::vector<AdamWSegment> segments;
+  for (const ParamSpec& p : specs) segments.push_back({p.offset, p.numel, p.weight_decay});
+  return segments;
+}
+
 class DeviceReplicatedState final : public TrainingState {
  public:
   DeviceReplicatedState(const GptShape& shape, Communicator& device_world, cudaStream_t stream)
       : shape_(shape),
-        specs_(gpt_param_specs(shape)),
         world_(device_world),
         stream_(stream),
+        adamw_segments_(adamw_segments(gpt_param_specs(shape)), stream),
         params_(shape),
         adam_m_(Tensor::zeros({params_.num_params()}, DType::f32, Device::cuda)),
         adam_v_(Tensor::zeros({params_.num_params()}, DType::f32, Device::cuda)) {}
@@ -59,12 +65,10 @@ class DeviceReplicatedState final : public TrainingState {
   double gradient_sum_of_squares() override { return sum_of_squares_cuda(params_.grads(), n(), stream_); }
   void scale_gradients(float factor) override { scale_cuda(params_.grads(), n(), factor, stream_); }
   void adamw_step(const OptimizerConfig& o, float lr, int64_t step) override {
-    for (const ParamSpec& p : specs_) {
-      AdamWStep s{lr, static_cast<float>(o.beta1), static_cast<float>(o.beta2), static_cast<float>(o.eps),
-                  p.weight_decay ? static_cast<float>(o.weight_decay) : 0.0f, step};
-      adamw_update_cuda(params_.params() + p.offset, params_.grads() + p.offset, adam_m_.data<float>() + p.offset,
-                        adam_v_.data<float>() + p.offset, p.numel, s, stream_);
-    }
+    const AdamWStep s{lr, static_cast<float>(o.beta1), static_cast<float>(o.beta2), static_cast<float>(o.eps),
+                      static_cast<float>(o.weight_decay), step};
+    adamw_update_segments_cuda(params_.params(), params_.grads(), adam_m_.data<float>(), adam_v_.data<float>(),
+                               adamw_segments_, s, stream_);
   }
 
   std::vector<OwnedSlice> checkpoint_slices(std::vector<std::vector<float>>& copies) override {
@@ -97,9 +101,10 @@ class DeviceReplicatedState final : public TrainingState {
   int64_t n() const { return params_.num_params(); }
 
   GptShape shape_;
-  std::vector<ParamSpec> specs_;
   Communicator& world_;
   cudaStream_t stream_;
+  // Every parameter tensor as a segment with its weight-decay setting: AdamW is one launch.
+  AdamWSegmentTable adamw_segments_;
   DeviceParameters params_;
   Tensor adam_m_, adam_v_;
 };
