@@ -1,12 +1,17 @@
-// Fused softmax cross-entropy kernels: one block per row of logits (N, V). Each thread keeps an
-// online-softmax pair (running max m, sum s of exp(x - m)) over its strided share of the row,
-// and the block merges the pairs, so the forward reads each logit exactly once. Loads are
-// scalar but coalesced; the kernels are bandwidth-bound (2 bytes per bf16 logit forward, 4 back).
+// Fused softmax cross-entropy kernels: one block per row of logits (N, V), bandwidth-bound (2
+// bytes per bf16 logit forward, 4 back). Each thread reads its share of the row as 16-byte
+// packs (8 bf16 or 4 fp32 logits) where V and the pointers allow, one logit at a time otherwise,
+// kChunk logits per step with every load issued before any is used. The forward keeps an
+// online-softmax pair per thread (running max m, sum s of exp(x - m)) and updates it once per
+// chunk: the chunk's max first, then one rescale of s and a plain sum of exponentials, so there
+// is no per-logit branch; the block merges the pairs in a fixed order. Exponentials are exp2f of
+// (x - m) * log2(e): one multiply and the hardware ex2 per logit.
 #include <cuda_bf16.h>
 
 #include <cmath>
 
 #include "model/cross_entropy_cuda.h"
+#include "model/cuda_pack.cuh"
 
 namespace dilatron {
 namespace {
@@ -16,11 +21,24 @@ static_assert(sizeof(bf16) == sizeof(__nv_bfloat16), "bf16 and __nv_bfloat16 sha
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int64_t kMaxBlocks = 1 << 16;
+constexpr int kChunk = 16;  // logits per thread per step: 2 packs of bf16, 4 of fp32, or 16 logits
+constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ void store(float* p, float x) { *p = x; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// exp(x - m) for the row's max or lse m.
+__device__ __forceinline__ float exp_shifted(float x, float m) { return exp2f((x - m) * kLog2e); }
 
 struct MaxSum {
   float m;  // running max
@@ -32,7 +50,7 @@ __device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
   if (a.m == -INFINITY) return b;
   if (b.m == -INFINITY) return a;
   const float m = fmaxf(a.m, b.m);
-  return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
+  return {m, a.s * exp_shifted(a.m, m) + b.s * exp_shifted(b.m, m)};
 }
 
 __device__ __forceinline__ MaxSum warp_merge(MaxSum p) {
@@ -63,21 +81,52 @@ __device__ MaxSum block_merge(MaxSum p) {
   return result;
 }
 
-template <typename T>
-__global__ void cross_entropy_forward_kernel(float* __restrict__ losses, float* __restrict__ lse,
-                                             const T* __restrict__ logits, const int32_t* __restrict__ targets,
-                                             int64_t N, int V) {
+// A thread's step over a row of `packs` packs of kVec logits: packs i0, i0 + kThreads, ... (each
+// warp reads consecutive packs), kChunk logits in all, the ones past the row end read as -inf.
+template <typename T, int kVec>
+struct Chunk {
+  static constexpr int kPacks = kChunk / kVec;
+  float x[kChunk];
+
+  __device__ __forceinline__ void load(const T* row, int i0, int packs) {
+    gpu::Pack<T, kVec> raw[kPacks];
+#pragma unroll
+    for (int k = 0; k < kPacks; ++k)
+      if (i0 + k * kThreads < packs)
+        raw[k] = gpu::load_pack<kVec>(row + static_cast<int64_t>(i0 + k * kThreads) * kVec);
+#pragma unroll
+    for (int k = 0; k < kPacks; ++k)
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) x[k * kVec + j] = i0 + k * kThreads < packs ? to_float(raw[k].v[j]) : -INFINITY;
+  }
+};
+
+// Folds a chunk into the thread's pair: one rescale per chunk instead of a compare per logit.
+__device__ __forceinline__ void absorb(MaxSum& p, const float (&x)[kChunk]) {
+  float chunk_max = x[0];
+#pragma unroll
+  for (int j = 1; j < kChunk; ++j) chunk_max = fmaxf(chunk_max, x[j]);
+  if (chunk_max == -INFINITY) return;  // only padding past the row end (or -inf logits)
+  const float m = fmaxf(p.m, chunk_max);
+  float s = 0;
+#pragma unroll
+  for (int j = 0; j < kChunk; ++j) s += exp_shifted(x[j], m);
+  p.s = p.s * exp_shifted(p.m, m) + s;  // p.m = -inf (nothing yet): exp gives 0
+  p.m = m;
+}
+
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kThreads, 2)
+    cross_entropy_forward_kernel(float* __restrict__ losses, float* __restrict__ lse, const T* __restrict__ logits,
+                                 const int32_t* __restrict__ targets, int64_t N, int V) {
+  const int packs = V / kVec;
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
     const T* row = logits + n * V;
     MaxSum p{-INFINITY, 0.0f};
-    for (int v = threadIdx.x; v < V; v += kThreads) {
-      const float x = to_float(row[v]);
-      if (x > p.m) {
-        p.s = p.s * expf(p.m - x) + 1.0f;
-        p.m = x;
-      } else {
-        p.s += expf(x - p.m);
-      }
+    for (int i0 = threadIdx.x; i0 < packs; i0 += kThreads * Chunk<T, kVec>::kPacks) {
+      Chunk<T, kVec> chunk;
+      chunk.load(row, i0, packs);
+      absorb(p, chunk.x);
     }
     p = block_merge(p);
     if (threadIdx.x == 0) {
@@ -89,48 +138,84 @@ __global__ void cross_entropy_forward_kernel(float* __restrict__ losses, float* 
   }
 }
 
-// No __restrict__ on dlogits and logits: they may alias. Each element is read, then written,
-// by the same thread.
-template <typename T>
-__global__ void cross_entropy_backward_kernel(T* dlogits, const T* logits, const float* __restrict__ lse,
-                                              const int32_t* __restrict__ targets, float dloss_weight, int64_t N,
-                                              int V) {
+// No __restrict__ on dlogits and logits: they may alias. Each thread loads a whole chunk before
+// it stores any of it, and only its own packs, so in place is safe.
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kThreads, 2)
+    cross_entropy_backward_kernel(T* dlogits, const T* logits, const float* __restrict__ lse,
+                                  const int32_t* __restrict__ targets, float dloss_weight, int64_t N, int V) {
+  constexpr int kPacks = Chunk<T, kVec>::kPacks;
+  const int packs = V / kVec;
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
     const T* row = logits + n * V;
     T* drow = dlogits + n * V;
     const int32_t target = targets[n];
-    if (target < 0) {
-      for (int v = threadIdx.x; v < V; v += kThreads) store(drow + v, 0.0f);
+    if (target < 0) {  // an ignored row: zeros, without reading its logits
+      const gpu::Pack<T, kVec> zero{};
+      for (int i = threadIdx.x; i < packs; i += kThreads)
+        gpu::store_pack<kVec>(drow + static_cast<int64_t>(i) * kVec, zero);
       continue;
     }
     const float row_lse = lse[n];
-    for (int v = threadIdx.x; v < V; v += kThreads) {
-      const float softmax = expf(to_float(row[v]) - row_lse);
-      store(drow + v, (softmax - (v == target ? 1.0f : 0.0f)) * dloss_weight);
+    for (int i0 = threadIdx.x; i0 < packs; i0 += kThreads * kPacks) {
+      Chunk<T, kVec> chunk;
+      chunk.load(row, i0, packs);
+#pragma unroll
+      for (int k = 0; k < kPacks; ++k) {
+        const int i = i0 + k * kThreads;
+        if (i >= packs) break;
+        // Where the target falls in this pack, if it does: a select per logit, not a branch.
+        const int in_pack = target - i * kVec;
+        gpu::Pack<T, kVec> g;
+#pragma unroll
+        for (int j = 0; j < kVec; ++j)
+          g.v[j] = from_float<T>(exp_shifted(chunk.x[k * kVec + j], row_lse) * dloss_weight -
+                                 (j == in_pack ? dloss_weight : 0.0f));
+        gpu::store_pack<kVec>(drow + static_cast<int64_t>(i) * kVec, g);
+      }
     }
   }
 }
 
 int blocks_for(int64_t N) { return static_cast<int>(N < kMaxBlocks ? N : kMaxBlocks); }
 
-const __nv_bfloat16* device_type(const bf16* p) { return reinterpret_cast<const __nv_bfloat16*>(p); }
-__nv_bfloat16* device_type(bf16* p) { return reinterpret_cast<__nv_bfloat16*>(p); }
-const float* device_type(const float* p) { return p; }
-float* device_type(float* p) { return p; }
+// The device twin of an element type of the API: __nv_bfloat16 for bf16 (same layout).
+template <typename T>
+struct DeviceType {
+  using type = T;
+};
+template <>
+struct DeviceType<bf16> {
+  using type = __nv_bfloat16;
+};
 
+// 16-byte packs where every row of logits (and dlogits) starts 16-byte aligned, else one logit
+// at a time: V not a multiple of 8 bf16 / 4 fp32 (such as 50257), or an offset pointer.
 template <typename T>
 cudaError_t forward(float* losses, float* lse, const T* logits, const int32_t* targets, int64_t N, int V,
                     cudaStream_t stream) {
-  cross_entropy_forward_kernel<<<blocks_for(N), kThreads, 0, stream>>>(losses, lse, device_type(logits), targets,
-                                                                        N, V);
+  using D = typename DeviceType<T>::type;
+  const D* x = reinterpret_cast<const D*>(logits);
+  if (gpu::rows_aligned_16(x, V))
+    cross_entropy_forward_kernel<D, gpu::kPack16<D>>
+        <<<blocks_for(N), kThreads, 0, stream>>>(losses, lse, x, targets, N, V);
+  else
+    cross_entropy_forward_kernel<D, 1><<<blocks_for(N), kThreads, 0, stream>>>(losses, lse, x, targets, N, V);
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t backward(T* dlogits, const T* logits, const float* lse, const int32_t* targets, float dloss_weight,
                      int64_t N, int V, cudaStream_t stream) {
-  cross_entropy_backward_kernel<<<blocks_for(N), kThreads, 0, stream>>>(
-      device_type(dlogits), device_type(logits), lse, targets, dloss_weight, N, V);
+  using D = typename DeviceType<T>::type;
+  D* dx = reinterpret_cast<D*>(dlogits);
+  const D* x = reinterpret_cast<const D*>(logits);
+  if (gpu::rows_aligned_16(x, V) && gpu::rows_aligned_16<D>(dx, V))
+    cross_entropy_backward_kernel<D, gpu::kPack16<D>>
+        <<<blocks_for(N), kThreads, 0, stream>>>(dx, x, lse, targets, dloss_weight, N, V);
+  else
+    cross_entropy_backward_kernel<D, 1>
+        <<<blocks_for(N), kThreads, 0, stream>>>(dx, x, lse, targets, dloss_weight, N, V);
   return cudaGetLastError();
 }
 

@@ -4,6 +4,7 @@
 
 #include "core/check.h"
 #include "core/cuda_check.h"
+#include "core/device_allocator.h"
 #include "model/layernorm.h"
 #include "model/layers_cuda_kernels.h"
 
@@ -12,6 +13,17 @@ namespace {
 
 void check_rows(int64_t N, int C) {
   DILATRON_CHECK(N >= 0 && C > 0, "bad shape N = {}, C = {}", N, C);
+}
+
+// Scratch for the norms' parameter-gradient partials (norms.cu), from the process's caching
+// allocator rather than a buffer of this file's own, and without changing the layer API:
+// - no cudaMalloc in the step loop: from the second call on, the block is a cached one;
+// - stream-safe: the handle is dropped while the kernels are still queued, but the allocator
+//   hands a block freed on a stream out again only for that stream, whose later work runs after
+//   them; a static per-device buffer would be shared by every stream of the device instead;
+// - counted with the rest of the device memory (allocator stats).
+DeviceArray<float> norm_grad_scratch(int64_t N, int C, cudaStream_t stream) {
+  return DeviceArray<float>(detail::norm_param_grad_scratch_floats(N, C), stream);
 }
 
 }  // namespace
@@ -30,8 +42,9 @@ void layernorm_backward(T* dinp, float* dweight, float* dbias, const T* dout, co
                         const float* mean, const float* rstd, int64_t N, int C, cudaStream_t stream) {
   check_rows(N, C);
   if (N == 0) return;
-  DILATRON_CUDA_CHECK(
-      detail::launch_layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C, stream));
+  DeviceArray<float> scratch = norm_grad_scratch(N, C, stream);
+  DILATRON_CUDA_CHECK(detail::launch_layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C,
+                                                        scratch.data(), stream));
 }
 
 template <typename T>
@@ -47,7 +60,9 @@ void rmsnorm_backward(T* dinp, float* dweight, const T* dout, const T* inp, cons
                       int64_t N, int C, cudaStream_t stream) {
   check_rows(N, C);
   if (N == 0) return;
-  DILATRON_CUDA_CHECK(detail::launch_rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, N, C, stream));
+  DeviceArray<float> scratch = norm_grad_scratch(N, C, stream);
+  DILATRON_CUDA_CHECK(
+      detail::launch_rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, N, C, scratch.data(), stream));
 }
 
 template <typename T>

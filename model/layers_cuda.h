@@ -16,7 +16,9 @@
 
 namespace dilatron {
 
-// inp, out, dinp, dout (N, C); weight, bias (C) in T; mean, rstd (N) fp32; eps kNormEps.
+// inp, out, dinp, dout (N, C); weight, bias (C) in T; mean, rstd (N) fp32; eps kNormEps. The
+// backwards take scratch for their parameter-gradient partials (2 x 128 x C floats at most) from
+// the process's caching allocator (core/device_allocator.h) on `stream`.
 template <typename T>
 void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* weight, const T* bias, int64_t N,
                        int C, cudaStream_t stream);

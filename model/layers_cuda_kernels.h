@@ -1,5 +1,6 @@
-// Kernel launchers of model/*.cu, for model/layers_cuda.cc only. They return the launch status
-// instead of throwing because .cu files cannot include core/check.h (nvcc 13 rejects fmt 9).
+// Kernel launchers of model/*.cu, for model/layers_cuda.cc (and a timing in layers_gpu_test.cc).
+// They return the launch status instead of throwing because .cu files cannot include
+// core/check.h (nvcc 13 rejects fmt 9).
 // Arguments are those of the public functions in model/layers_cuda.h, already checked.
 #pragma once
 
@@ -14,16 +15,25 @@ namespace dilatron::detail {
 template <typename T>
 cudaError_t launch_layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* weight,
                                      const T* bias, int64_t N, int C, float eps, cudaStream_t stream);
+// The norm backwards reduce their parameter gradients over N through fp32 partials in `scratch`,
+// a device buffer of norm_param_grad_scratch_floats(N, C) floats that nothing else uses until the
+// launched kernels have run (stream order).
+int64_t norm_param_grad_scratch_floats(int64_t N, int C);
 template <typename T>
 cudaError_t launch_layernorm_backward(T* dinp, float* dweight, float* dbias, const T* dout, const T* inp,
                                       const T* weight, const float* mean, const float* rstd, int64_t N, int C,
-                                      cudaStream_t stream);
+                                      float* scratch, cudaStream_t stream);
 template <typename T>
 cudaError_t launch_rmsnorm_forward(T* out, float* rstd, const T* inp, const T* weight, int64_t N, int C, float eps,
                                    cudaStream_t stream);
 template <typename T>
 cudaError_t launch_rmsnorm_backward(T* dinp, float* dweight, const T* dout, const T* inp, const T* weight,
-                                    const float* rstd, int64_t N, int C, cudaStream_t stream);
+                                    const float* rstd, int64_t N, int C, float* scratch, cudaStream_t stream);
+// The parameter-gradient half of the norm backwards alone (dbias == nullptr: none; mean ==
+// nullptr: RMSNorm), for the GPU test's timing of it.
+template <typename T>
+cudaError_t launch_norm_param_grad(float* dweight, float* dbias, const T* dout, const T* inp, const float* mean,
+                                   const float* rstd, int64_t N, int C, float* scratch, cudaStream_t stream);
 
 template <typename T>
 cudaError_t launch_convert_from_float(T* out, const float* inp, int64_t n, cudaStream_t stream);

@@ -1,7 +1,10 @@
 // CUDA layers (model/layers_cuda.h) against the CPU reference run in fp64 on the same inputs,
 // rounded to bf16 where T is bf16, so the measured error is the GPU's alone. Pure outputs are
 // poisoned with NaN first; accumulated ("+=") outputs start from random values. Prints one
-// line per op / dtype / shape. Needs a GPU (tags = ["gpu"]).
+// line per op / dtype / shape. Also: the CUDA cross-entropy on rows that are not 16-byte aligned
+// (its aligned shapes are in kernels_gpu_test.cc), and "timing" cases (bandwidth of the norm and
+// cross-entropy kernels at GPT-2 124M sizes) that sanitizer runs skip with -tce='timing*'.
+// Needs a GPU (tags = ["gpu"]).
 #include <doctest/doctest.h>
 
 #ifdef DILATRON_CUDA
@@ -11,17 +14,22 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "core/cuda_check.h"
+#include "core/cuda_timing.h"
 #include "core/rng.h"
+#include "model/cross_entropy.h"
+#include "model/cross_entropy_cuda.h"
 #include "model/embedding.h"
 #include "model/gelu.h"
 #include "model/layernorm.h"
 #include "model/layers_cuda.h"
+#include "model/layers_cuda_kernels.h"
 #include "model/residual.h"
 #include "model/rmsnorm.h"
 #include "model/rotary.h"
@@ -119,11 +127,15 @@ std::vector<float> nans(size_t n) { return std::vector<float>(n, kNaN); }
 std::string rows(int64_t N, int C) { return "N=" + std::to_string(N) + " C=" + std::to_string(C); }
 
 const int64_t kRows[] = {1, 7, 1000, 4097};
-const int kCols[] = {32, 768, 771};
+// The norms' parameter gradients split the rows into up to 128 ranges of at least 64 rows:
+// 33000 rows use every split, 4097 a ragged last one. C = 1000 is a multiple of 8 (16-byte
+// loads) but not of a block's 256 (bf16) or 128 (fp32) columns; C = 771 takes the scalar path.
+const int64_t kNormRows[] = {1, 7, 1000, 4097, 33000};
+const int kNormCols[] = {32, 768, 771, 1000};
 
 TEST_CASE_TEMPLATE("layernorm forward and backward match the CPU", T, float, bf16_t) {
-  for (int64_t N : kRows)
-    for (int C : kCols) {
+  for (int64_t N : kNormRows)
+    for (int C : kNormCols) {
       const size_t nc = static_cast<size_t>(N) * C;
       const uint64_t seed = static_cast<uint64_t>(N * 1000 + C);
       // An offset mean, as in a residual stream, exercises the two-pass variance.
@@ -157,8 +169,8 @@ TEST_CASE_TEMPLATE("layernorm forward and backward match the CPU", T, float, bf1
 }
 
 TEST_CASE_TEMPLATE("rmsnorm forward and backward match the CPU", T, float, bf16_t) {
-  for (int64_t N : kRows)
-    for (int C : kCols) {
+  for (int64_t N : kNormRows)
+    for (int C : kNormCols) {
       const size_t nc = static_cast<size_t>(N) * C;
       const uint64_t seed = static_cast<uint64_t>(N * 1000 + C + 7);
       const auto x = random_values<T>(seed, 1, nc, 1.0, 0.5), w = random_values<T>(seed, 2, C, 0.5, 1.0),
@@ -276,6 +288,141 @@ TEST_CASE_TEMPLATE("rotary forward and backward match the CPU", T, float, bf16_t
           expect_close<T>("rotary_forward", shape, dfwd.download(), fwd);
           expect_close<T>("rotary_backward", shape, dbwd.download(), bwd);
         }
+}
+
+// The parameter gradients are a reduction over N; it must give the same bits every time (resume
+// and rank-count parity rely on reproducible gradients).
+TEST_CASE("layernorm backward's parameter gradients are bitwise reproducible") {
+  const int64_t N = 33000;
+  const int C = 768;
+  const size_t nc = static_cast<size_t>(N) * C;
+  Device<bf16_t> x(random_values<bf16_t>(3, 1, nc)), dy(random_values<bf16_t>(3, 2, nc)),
+      w(random_values<bf16_t>(3, 3, C));
+  Device<float> mean(random_values<float>(3, 4, N)), rstd(random_values<float>(3, 5, N, 0.1, 1.0));
+  std::vector<float> first_dw, first_db;
+  for (int run = 0; run < 3; ++run) {
+    Device<bf16_t> dx(std::vector<float>(nc, 0.0f));
+    Device<float> dw(std::vector<float>(C, 0.0f)), db(std::vector<float>(C, 0.0f));
+    layernorm_backward(dx.get(), dw.get(), db.get(), dy.get(), x.get(), w.get(), mean.get(), rstd.get(), N, C,
+                       nullptr);
+    if (run == 0) {
+      first_dw = dw.download(), first_db = db.download();
+      continue;
+    }
+    const std::vector<float> got_dw = dw.download(), got_db = db.download();
+    CHECK(std::memcmp(got_dw.data(), first_dw.data(), C * sizeof(float)) == 0);
+    CHECK(std::memcmp(got_db.data(), first_db.data(), C * sizeof(float)) == 0);
+  }
+}
+
+// dilatron::bf16 (the cross-entropy API) and __nv_bfloat16 share one layout (cross_entropy.cu
+// asserts it), so the bf16 Device buffers serve both APIs.
+bf16* as_bf16(bf16_t* p) { return reinterpret_cast<bf16*>(p); }
+
+// The 16-byte path needs V % 8 == 0 and 16-byte aligned rows: logits one element into their
+// buffer take the scalar path, and so does a backward whose dlogits and logits are aligned
+// differently. Both must still match the fp64 CPU reference.
+TEST_CASE("cross_entropy on bf16 rows that are not 16-byte aligned matches the CPU") {
+  const int64_t N = 9;
+  for (int V : {8, 1024}) {
+    const size_t count = static_cast<size_t>(N) * V;
+    const auto logits = random_values<bf16_t>(static_cast<uint64_t>(V), 1, count + 1, 4.0);
+    CounterRng rng(static_cast<uint64_t>(V), 2);
+    std::vector<int32_t> targets(static_cast<size_t>(N));
+    for (int32_t& t : targets) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
+    targets[3] = -1;
+    const float dloss_weight = 1.0f / static_cast<float>(N);
+    const std::vector<double> rlogits(logits.begin() + 1, logits.end());
+    std::vector<double> losses(N), lse(N), dlogits(count);
+    cross_entropy_forward<double>(losses.data(), lse.data(), rlogits.data(), targets.data(), N, V);
+    cross_entropy_backward<double>(dlogits.data(), rlogits.data(), lse.data(), targets.data(), dloss_weight, N, V);
+
+    Device<bf16_t> dlogits_in(logits), ddlogits(nans(count));
+    Device<int32_t> dtargets(targets);
+    Device<float> dlosses(nans(N)), dlse(nans(N));
+    const bf16* shifted = as_bf16(dlogits_in.get()) + 1;
+    cross_entropy_forward(dlosses.get(), dlse.get(), shifted, dtargets.get(), N, V, nullptr);
+    cross_entropy_backward(as_bf16(ddlogits.get()), shifted, dlse.get(), dtargets.get(), dloss_weight, N, V,
+                           nullptr);
+    const std::string shape = "N=" + std::to_string(N) + " V=" + std::to_string(V) + " offset 1";
+    expect_close<float>("cross_entropy_forward loss", shape, dlosses.download(), losses);
+    expect_close<float>("cross_entropy_forward lse", shape, dlse.download(), lse);
+    expect_close<bf16_t>("cross_entropy_backward", shape, ddlogits.download(), dlogits);
+  }
+}
+
+// Bandwidth of the memory-bound kernels of a GPT-2 124M step at 16384 tokens per micro-batch
+// (issue #5): median of event-timed calls, in GB/s of the bytes each call has to move.
+double gb_per_s(double bytes, double ms) { return bytes / (ms * 1e-3) / 1e9; }
+
+TEST_CASE("timing: layernorm forward and backward, bf16, N=16384 C=768") {
+  const int64_t N = 16384;
+  const int C = 768;
+  const size_t nc = static_cast<size_t>(N) * C;
+  Device<bf16_t> x(random_values<bf16_t>(1, 1, nc)), dy(random_values<bf16_t>(1, 2, nc)),
+      dx(random_values<bf16_t>(1, 3, nc)), w(random_values<bf16_t>(1, 4, C)), b(random_values<bf16_t>(1, 9, C)),
+      y(nans(nc));
+  Device<float> mean(nans(N)), rstd(nans(N)), dw(random_values<float>(1, 7, C)), db(random_values<float>(1, 8, C));
+  const double forward_ms = median_ms(
+      [&] { layernorm_forward(y.get(), mean.get(), rstd.get(), x.get(), w.get(), b.get(), N, C, nullptr); }, 5, 50);
+  // inp read (its second and third passes hit the cache), out written, mean and rstd written.
+  const double forward_bytes =
+      static_cast<double>(nc) * 2 * sizeof(bf16_t) + static_cast<double>(N) * 2 * sizeof(float);
+  std::printf("TIMING layernorm_forward bf16 N=%lld C=%d: median %.4f ms, %.0f GB/s\n", static_cast<long long>(N), C,
+              forward_ms, gb_per_s(forward_bytes, forward_ms));
+  const double ms = median_ms(
+      [&] {
+        layernorm_backward(dx.get(), dw.get(), db.get(), dy.get(), x.get(), w.get(), mean.get(), rstd.get(), N, C,
+                           nullptr);
+      },
+      5, 50);
+  // Input gradient: dout, inp, dinp read, dinp written; parameter gradients: dout, inp read again.
+  const double bytes = static_cast<double>(nc) * 6 * sizeof(bf16_t) + static_cast<double>(N) * 2 * 2 * sizeof(float);
+  std::printf("TIMING layernorm_backward bf16 N=%lld C=%d (dinp, dweight, dbias): median %.4f ms, %.0f GB/s\n",
+              static_cast<long long>(N), C, ms, gb_per_s(bytes, ms));
+  // The parameter-gradient kernels alone (both stages), with scratch allocated outside the timing.
+  Device<float> scratch(std::vector<float>(static_cast<size_t>(detail::norm_param_grad_scratch_floats(N, C))));
+  const double grad_ms = median_ms(
+      [&] {
+        DILATRON_CUDA_CHECK(detail::launch_norm_param_grad(dw.get(), db.get(), dy.get(), x.get(), mean.get(),
+                                                           rstd.get(), N, C, scratch.get(), nullptr));
+      },
+      5, 50);
+  const double grad_bytes = static_cast<double>(nc) * 2 * sizeof(bf16_t) + static_cast<double>(N) * 2 * sizeof(float);
+  std::printf("TIMING layernorm parameter gradients bf16 N=%lld C=%d (dweight, dbias): median %.4f ms, %.0f GB/s\n",
+              static_cast<long long>(N), C, grad_ms, gb_per_s(grad_bytes, grad_ms));
+  const std::vector<float> got = dw.download();
+  CHECK(std::all_of(got.begin(), got.end(), [](float v) { return std::isfinite(v); }));
+}
+
+TEST_CASE("timing: cross_entropy forward and backward, bf16, N=4096 V=50304") {
+  const int64_t N = 4096;
+  const int V = 50304;
+  const size_t count = static_cast<size_t>(N) * V;
+  Device<bf16_t> logits(random_values<bf16_t>(2, 1, count, 4.0));
+  CounterRng rng(2, 2);
+  std::vector<int32_t> targets(static_cast<size_t>(N));
+  for (int32_t& t : targets) t = static_cast<int32_t>(rng.below(V));
+  Device<int32_t> dtargets(targets);
+  Device<float> losses(nans(N)), lse(nans(N));
+  const double forward_ms = median_ms(
+      [&] { cross_entropy_forward(losses.get(), lse.get(), as_bf16(logits.get()), dtargets.get(), N, V, nullptr); },
+      5, 20);
+  // In place, as the model runs it: after the first call the logits are gradients, which only
+  // changes the values the exponentials see.
+  const double backward_ms = median_ms(
+      [&] {
+        cross_entropy_backward(as_bf16(logits.get()), as_bf16(logits.get()), lse.get(), dtargets.get(),
+                               1.0f / static_cast<float>(N), N, V, nullptr);
+      },
+      5, 20);
+  const double logit_bytes = static_cast<double>(count) * sizeof(bf16_t);
+  std::printf("TIMING cross_entropy_forward bf16 N=%lld V=%d: median %.4f ms, %.0f GB/s\n",
+              static_cast<long long>(N), V, forward_ms, gb_per_s(logit_bytes, forward_ms));
+  std::printf("TIMING cross_entropy_backward bf16 N=%lld V=%d (in place): median %.4f ms, %.0f GB/s\n",
+              static_cast<long long>(N), V, backward_ms, gb_per_s(2 * logit_bytes, backward_ms));
+  const std::vector<float> got = losses.download();
+  CHECK(std::all_of(got.begin(), got.end(), [](float v) { return std::isfinite(v); }));
 }
 
 }  // namespace
