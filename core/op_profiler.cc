@@ -64,6 +64,11 @@ void OpProfiler::collect() {
   pending_.clear();
 }
 
+void OpProfiler::reset() {
+  collect();
+  totals_.clear();
+}
+
 std::string OpProfiler::report() const {
   std::vector<std::pair<std::string, Total>> rows(totals_.begin(), totals_.end());
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });

@@ -36,6 +36,8 @@ class OpProfiler {
 
   // Waits for the recorded events and adds their times to the totals.
   void collect();
+  // Drops everything measured so far (the warm-up: lazy kernel loading, cuBLASLt's first calls).
+  void reset();
   // One line per op, most time first: total ms, calls, share of the profiled time.
   std::string report() const;
 

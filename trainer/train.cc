@@ -123,6 +123,7 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
     state->init_parameters(c.seed);
   }
   const int64_t last_step = std::min(c.schedule.max_steps, options.stop_at_step.value_or(c.schedule.max_steps));
+  const int64_t first_step = step;
 
   std::unique_ptr<MetricsLog> metrics;
   if (lead) {
@@ -185,6 +186,10 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
     nlohmann::json row{{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
                        {"tokens_per_s", tokens_per_s}, {"step_time_s", seconds}};
     state->add_step_metrics(row);
+#ifdef DILATRON_CUDA
+    // The per-op profile leaves out the first step: it is the warm-up.
+    if (OpProfiler& profiler = OpProfiler::instance(); profiler.enabled() && step == first_step + 1) profiler.reset();
+#endif
     if (eval_now) {
       double val = mean_val_loss(*model, data, c, layout, g, inputs, targets);
       row["val_loss"] = val;
@@ -211,7 +216,7 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
 #ifdef DILATRON_CUDA
   if (OpProfiler& profiler = OpProfiler::instance(); profiler.enabled() && lead) {
     profiler.collect();
-    spdlog::info("GPU time per op over the run (DILATRON_PROFILE; events around each op):\n{}", profiler.report());
+    spdlog::info("GPU time per op over the run after the first step (DILATRON_PROFILE; events around each op):\n{}", profiler.report());
   }
 #endif
 
