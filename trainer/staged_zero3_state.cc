@@ -89,7 +89,11 @@ class DeviceStagedSource final : public ParameterSource<float> {
 
   float* acquire_gradients(int group) override {
     check_group(group, "acquire_gradients");
-    DILATRON_CHECK(find(grads_, group) == nullptr, "acquire_gradients of group {} twice", group);
+    // The group's gradients of the last micro-batch may still be on their way to the engine.
+    while (Slot* previous = find(grads_, group)) {
+      DILATRON_CHECK(!previous->held, "acquire_gradients of group {} twice without gradients_done", group);
+      finish_oldest_download();
+    }
     Slot* slot = free_slot(grads_, group);
     if (slot == nullptr) {  // the slot's previous group is still on its way to the engine
       finish_oldest_download();
