@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "model/cross_entropy_cuda.h"
+#include "model/cuda_math.cuh"
 #include "model/cuda_pack.cuh"
 
 namespace dilatron {
@@ -24,18 +25,8 @@ constexpr int64_t kMaxBlocks = 1 << 16;
 constexpr int kChunk = 16;  // logits per thread per step: 2 packs of bf16, 4 of fp32, or 16 logits
 constexpr float kLog2e = 1.4426950408889634f;
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
+using gpu::from_float;
+using gpu::to_float;
 
 // exp(x - m) for the row's max or lse m.
 __device__ __forceinline__ float exp_shifted(float x, float m) { return exp2f((x - m) * kLog2e); }
