@@ -1,6 +1,6 @@
-// The CUDA cross-entropy and cuBLASLt matmul against the CPU reference (fp64 for cross-entropy
-// and the GELU-fused matmuls, fp32 for matmul), on the same bf16-rounded inputs; each case prints
-// one line, so the log reads as a table of max errors.
+// The CUDA cross-entropy and cuBLASLt matmul (single, batched, GELU-fused) against the CPU
+// reference (fp64 for cross-entropy and the GELU-fused matmuls, fp32 for matmul), on the same
+// bf16-rounded inputs; each case prints one line, so the log reads as a table of max errors.
 // Needs a GPU (tags = ["gpu"]).
 #include <doctest/doctest.h>
 
@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <limits>
 #include <type_traits>
@@ -291,6 +292,122 @@ TEST_CASE("matmul refuses a bias that is not 16-byte aligned, with a clear error
   MatmulContext ctx;
   DeviceArray<bf16> inp(8 * 64), weight(64 * 64), bias(64 + 8), out(8 * 64);
   CHECK_THROWS_AS(matmul_forward(out.ptr, inp.ptr, weight.ptr, bias.ptr + 1, 8, 64, 64, ctx, nullptr), Error);
+}
+
+// `batch` layers sharing one input (the q/k/v projections) through matmul_forward_batched and
+// matmul_backward_batched, against the fp32 CPU matmul run on each layer alone. The outputs (and
+// output gradients) lie kGap elements further apart than N * OC: the gaps of out stay poisoned,
+// and those of dout are NaN, so a batch stride that is not honoured shows. The backward runs twice:
+// dinp written (poisoned first), then accumulated onto fresh values, dweight and dbias += both times.
+// Tolerances as check_matmul's: bf16 dinp is rounded once per layer (each GEMM adds into it), at
+// most batch x 2^-9 of the largest value, well under 2e-2.
+constexpr int64_t kGap = 8;  // 16 bytes of bf16: every layer's output stays 16-byte aligned
+
+template <typename T>
+void check_matmul_batched(const char* label, const MatmulShape& s, int batch, double tolerance, MatmulContext& ctx) {
+  const auto N = static_cast<size_t>(s.N), IC = static_cast<size_t>(s.IC), OC = static_cast<size_t>(s.OC);
+  const auto layers = static_cast<size_t>(batch);
+  const int64_t stride = s.N * s.OC + kGap;
+  const auto ustride = static_cast<size_t>(stride);
+  const uint64_t seed = 3000017 * N + 1021 * IC + OC;
+  std::vector<float> inp = random_normals(seed, 1, N * IC, 1.0);
+  std::vector<float> weight = random_normals(seed, 2, layers * OC * IC, 0.05);
+  std::vector<float> bias = random_normals(seed, 3, layers * OC, 0.1);
+  std::vector<float> dout = random_normals(seed, 4, layers * N * OC, 1.0);
+  std::vector<float> dinp0 = random_normals(seed, 5, N * IC, 1.0);
+  // Nonzero starting gradients: dweight and dbias must be accumulated, not overwritten.
+  const std::vector<float> dweight0 = random_normals(seed, 6, layers * OC * IC, 1.0);
+  const std::vector<float> dbias0 = random_normals(seed, 7, layers * OC, 1.0);
+  const std::vector<T> t_inp = device_values<T>(inp), t_weight = device_values<T>(weight),
+                       t_bias = device_values<T>(bias), t_dout = device_values<T>(dout),
+                       t_dinp0 = device_values<T>(dinp0);
+  // The layers' output gradients at `stride` apart, NaN in the gaps.
+  std::vector<T> t_dout_strided(layers * ustride, nan_value<T>());
+  for (size_t l = 0; l < layers; ++l)
+    std::copy_n(t_dout.begin() + static_cast<std::ptrdiff_t>(l * N * OC), N * OC,
+                t_dout_strided.begin() + static_cast<std::ptrdiff_t>(l * ustride));
+
+  // Layer by layer on the CPU: dinp sums over the layers (the CPU backward accumulates it). The
+  // second backward adds the same gradients again, onto dinp0 for dinp.
+  std::vector<float> want_out(layers * N * OC), want_dinp(N * IC, 0.0f), want_dinp_acc = dinp0,
+      want_dweight = dweight0, want_dbias = dbias0;
+  for (size_t l = 0; l < layers; ++l) {
+    const float* w = weight.data() + l * OC * IC;
+    const float* b = s.bias ? bias.data() + l * OC : nullptr;
+    const float* d = dout.data() + l * N * OC;
+    matmul_forward<float>(want_out.data() + l * N * OC, inp.data(), w, b, s.N, s.IC, s.OC);
+    for (std::vector<float>* dinp : {&want_dinp, &want_dinp_acc})
+      matmul_backward<float>(dinp->data(), want_dweight.data() + l * OC * IC,
+                             s.bias ? want_dbias.data() + l * OC : nullptr, d, inp.data(), w, s.N, s.IC, s.OC);
+  }
+
+  DeviceArray<T> d_inp(t_inp), d_weight(t_weight), d_bias(t_bias), d_dout(t_dout_strided), d_out(layers * ustride),
+      d_dinp(N * IC), d_dinp_acc(t_dinp0);
+  DeviceArray<float> d_dweight(dweight0), d_dbias(dbias0);
+  const T* gpu_bias = s.bias ? d_bias.ptr : nullptr;
+  float* gpu_dbias = s.bias ? d_dbias.ptr : nullptr;
+  matmul_forward_batched(d_out.ptr, stride, d_inp.ptr, d_weight.ptr, gpu_bias, s.N, s.IC, s.OC, batch, ctx, nullptr);
+  matmul_backward_batched(d_dinp.ptr, d_dweight.ptr, gpu_dbias, d_dout.ptr, stride, d_inp.ptr, d_weight.ptr, s.N,
+                          s.IC, s.OC, batch, ctx, nullptr);
+  matmul_backward_batched(d_dinp_acc.ptr, d_dweight.ptr, gpu_dbias, d_dout.ptr, stride, d_inp.ptr, d_weight.ptr,
+                          s.N, s.IC, s.OC, batch, ctx, nullptr, DinpRule::accumulate);
+
+  // Each layer's output against its own reference; the gaps after it still NaN.
+  const std::vector<float> out = to_floats(d_out.download());
+  double err_out = 0;
+  bool gaps_poisoned = true;
+  for (size_t l = 0; l < layers; ++l) {
+    const auto begin = out.begin() + static_cast<std::ptrdiff_t>(l * ustride);
+    const std::vector<float> got(begin, begin + static_cast<std::ptrdiff_t>(N * OC));
+    const std::vector<float> want(want_out.begin() + static_cast<std::ptrdiff_t>(l * N * OC),
+                                  want_out.begin() + static_cast<std::ptrdiff_t>((l + 1) * N * OC));
+    err_out = std::max(err_out, max_relative_error(got, want));
+    for (size_t i = N * OC; i < ustride; ++i) gaps_poisoned = gaps_poisoned && std::isnan(out[l * ustride + i]);
+  }
+  const double err_dinp = max_relative_error(to_floats(d_dinp.download()), want_dinp);
+  const double err_dinp_acc = max_relative_error(to_floats(d_dinp_acc.download()), want_dinp_acc);
+  const double err_dweight = max_relative_error(d_dweight.download(), want_dweight);
+  const double err_dbias = max_relative_error(d_dbias.download(), want_dbias);
+  const double sum_tolerance = std::is_same_v<T, bf16> ? kFp32SumTolerance : kFp32Tolerance;
+
+  std::printf("matmul_batched %-4s batch=%d N=%-5zu IC=%-4zu OC=%-4zu bias=%d | out %.2e  dinp %.2e  dinp += %.2e "
+              "(tol %.0e) | dweight %.2e  dbias %.2e (tol %.0e)\n",
+              label, batch, N, IC, OC, s.bias, err_out, err_dinp, err_dinp_acc, tolerance, err_dweight, err_dbias,
+              sum_tolerance);
+  INFO(label, " batch = ", batch, " N = ", N, " IC = ", IC, " OC = ", OC, " bias = ", s.bias);
+  CHECK(gaps_poisoned);
+  CHECK(err_out <= tolerance);
+  CHECK(err_dinp <= tolerance);
+  CHECK(err_dinp_acc <= tolerance);
+  CHECK(err_dweight <= sum_tolerance);
+  CHECK(err_dbias <= sum_tolerance);
+}
+
+// Channel counts that are multiples of 8, as the model's (validate_gpt_shape_for_cuda): the bias
+// of every layer must be 16-byte aligned. GPT-2's q/k/v shape is among them.
+const std::pair<int, int> kBatchedChannelPairs[] = {{64, 64}, {768, 768}, {200, 776}, {776, 200}};
+
+TEST_CASE("matmul_forward_batched and matmul_backward_batched on bf16 match the fp32 CPU reference per layer") {
+  MatmulContext ctx;
+  int index = 0;
+  for (int64_t N : {1, 7, 257, 1000})
+    for (auto [IC, OC] : kBatchedChannelPairs)
+      check_matmul_batched<bf16>("bf16", {N, IC, OC, index++ % 2 == 0}, 3, kBf16Tolerance, ctx);
+}
+
+TEST_CASE("matmul_forward_batched and matmul_backward_batched on fp32 match the fp32 CPU reference per layer") {
+  MatmulContext ctx;
+  for (int64_t N : {7, 257})
+    for (auto [IC, OC] : {std::pair{64, 776}, std::pair{776, 64}})
+      check_matmul_batched<float>("fp32", {N, IC, OC, true}, 3, kFp32Tolerance, ctx);
+}
+
+TEST_CASE("matmul_forward_batched refuses biases that are not all 16-byte aligned, with a clear error") {
+  MatmulContext ctx;
+  // OC = 60 bf16: the second layer's bias starts 120 bytes after the first.
+  DeviceArray<bf16> inp(8 * 64), weight(3 * 60 * 64), bias(3 * 60), out(3 * 8 * 60);
+  CHECK_THROWS_AS(matmul_forward_batched(out.ptr, 8 * 60, inp.ptr, weight.ptr, bias.ptr, 8, 64, 60, 3, ctx, nullptr),
+                  Error);
 }
 
 // The MLP's GELU-fused GEMMs. Both are checked against the fp64 CPU matmul and gelu

@@ -1,7 +1,8 @@
-// Bias gradient of the linear layer: dbias (OC) += column sums of dout (N, OC). A block owns 32
-// adjacent columns (one warp reads 32 consecutive elements of a row); its 32 warps stride over
-// the rows and combine their fp32 partial sums in shared memory in a fixed order, so the result
-// is deterministic.
+// Bias gradient of the linear layer: dbias (OC) += column sums of dout (N, OC), for `batch` such
+// layers in one launch (layer b's dout at dout + b * dout_stride, its dbias at dbias + b * OC). A
+// block owns 32 adjacent columns of one layer (one warp reads 32 consecutive elements of a row);
+// its 32 warps stride over the rows and combine their fp32 partial sums in shared memory in a fixed
+// order, so the result is deterministic.
 #include <cuda_bf16.h>
 
 #include "model/matmul_cuda.h"
@@ -18,8 +19,11 @@ __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 template <typename T>
-__global__ void add_column_sums_kernel(float* __restrict__ dbias, const T* __restrict__ dout, int64_t N, int OC) {
+__global__ void add_column_sums_kernel(float* __restrict__ dbias, const T* __restrict__ dout, int64_t N, int OC,
+                                       int64_t dout_stride) {
   __shared__ float partial[kRowLanes][kColumns];
+  dout += blockIdx.y * dout_stride;
+  dbias += static_cast<int64_t>(blockIdx.y) * OC;
   const int column = blockIdx.x * kColumns + threadIdx.x;
   float sum = 0.0f;
   if (column < OC) {
@@ -35,10 +39,11 @@ __global__ void add_column_sums_kernel(float* __restrict__ dbias, const T* __res
 }
 
 template <typename T>
-cudaError_t add_column_sums(float* dbias, const T* dout, int64_t N, int OC, cudaStream_t stream) {
+cudaError_t add_column_sums(float* dbias, const T* dout, int64_t N, int OC, int batch, int64_t dout_stride,
+                            cudaStream_t stream) {
   const dim3 block(kColumns, kRowLanes);
-  const int blocks = (OC + kColumns - 1) / kColumns;
-  add_column_sums_kernel<<<blocks, block, 0, stream>>>(dbias, dout, N, OC);
+  const dim3 grid((OC + kColumns - 1) / kColumns, batch);
+  add_column_sums_kernel<<<grid, block, 0, stream>>>(dbias, dout, N, OC, dout_stride);
   return cudaGetLastError();
 }
 
@@ -46,11 +51,13 @@ cudaError_t add_column_sums(float* dbias, const T* dout, int64_t N, int OC, cuda
 
 namespace detail {
 
-cudaError_t launch_add_column_sums(float* dbias, const bf16* dout, int64_t N, int OC, cudaStream_t stream) {
-  return add_column_sums(dbias, reinterpret_cast<const __nv_bfloat16*>(dout), N, OC, stream);
+cudaError_t launch_add_column_sums(float* dbias, const bf16* dout, int64_t N, int OC, int batch, int64_t dout_stride,
+                                   cudaStream_t stream) {
+  return add_column_sums(dbias, reinterpret_cast<const __nv_bfloat16*>(dout), N, OC, batch, dout_stride, stream);
 }
-cudaError_t launch_add_column_sums(float* dbias, const float* dout, int64_t N, int OC, cudaStream_t stream) {
-  return add_column_sums(dbias, dout, N, OC, stream);
+cudaError_t launch_add_column_sums(float* dbias, const float* dout, int64_t N, int OC, int batch, int64_t dout_stride,
+                                   cudaStream_t stream) {
+  return add_column_sums(dbias, dout, N, OC, batch, dout_stride, stream);
 }
 
 }  // namespace detail

@@ -3,14 +3,16 @@
 // Products accumulate in fp32 (CUBLAS_COMPUTE_32F, no TF32) for both the bf16 and fp32 overloads;
 // the bias is added in the cuBLASLt epilogue. All pointers are device pointers. The MLP's GELU
 // (model/gelu.h) can be fused into the epilogues too: matmul_gelu_forward, matmul_backward_dgelu.
+// Several layers that share one input (q, k, v) run as strided-batched GEMMs: matmul_*_batched.
 //
 // Gradient rule, which differs from the CPU version in one place: dinp is WRITTEN by default
-// (DinpRule::accumulate adds into it, in the GEMM itself, for the three q/k/v products that share
-// one input), while dweight and dbias are fp32 and ACCUMULATED (+=), as on the CPU. dbias may be
-// null (no bias).
+// (DinpRule::accumulate adds into it, in the GEMM itself, for products that share one input),
+// while dweight and dbias are fp32 and ACCUMULATED (+=), as on the CPU. dbias may be null (no
+// bias).
 //
-// Alignment: any element-aligned pointer works: the alignment each pointer actually has is passed
-// to the cuBLASLt heuristic, which then picks only kernels that can handle it. Two checks throw
+// Alignment: any element-aligned pointer works: the alignment each pointer actually has (for a
+// batch, the least over its matrices) is passed to the cuBLASLt heuristic, which then picks only
+// kernels that can handle it. Two checks throw
 // with the shapes in the message: a bias pointer that is not 16-byte aligned (the epilogue reads
 // it in 16-byte vectors), and a shape for which cuBLASLt offers no algorithm at all. The GELU
 // functions add cuBLASLt's rules for the GELU input (pre): 16-byte aligned, and a row length that
@@ -65,6 +67,29 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
                      const float* weight, int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream,
                      DinpRule rule = DinpRule::write);
 
+// `batch` linear layers that share one input, as one cuBLASLt strided-batched GEMM (the q, k and v
+// projections): out_i (N, OC) = inp . W_i^T + b_i for i < batch, with out_i = out + i * out_stride,
+// W_i = weight + i * OC * IC (the layers' weights stacked as one (batch OC, IC) matrix) and
+// b_i = bias + i * OC (bias may be null). out_stride >= N * OC; with a bias, OC * sizeof(T) must
+// be a multiple of 16 (every b_i is read in 16-byte vectors).
+void matmul_forward_batched(bf16* out, int64_t out_stride, const bf16* inp, const bf16* weight, const bf16* bias,
+                            int64_t N, int IC, int OC, int batch, MatmulContext& ctx, cudaStream_t stream);
+void matmul_forward_batched(float* out, int64_t out_stride, const float* inp, const float* weight,
+                            const float* bias, int64_t N, int IC, int OC, int batch, MatmulContext& ctx,
+                            cudaStream_t stream);
+
+// Backward of matmul_forward_batched, with dout_i = dout + i * dout_stride, dweight_i = dweight +
+// i * OC * IC and dbias_i = dbias + i * OC: dweight_i += dout_i^T . inp in one strided-batched GEMM,
+// dbias_i += column sums of dout_i in one launch (dbias may be null), and dinp (N, IC) = (or +=,
+// by rule) sum_i dout_i . W_i in `batch` GEMMs, the later ones adding into dinp. (One GEMM over
+// K = batch OC would need the dout_i interleaved as one (N, batch OC) matrix.)
+void matmul_backward_batched(bf16* dinp, float* dweight, float* dbias, const bf16* dout, int64_t dout_stride,
+                             const bf16* inp, const bf16* weight, int64_t N, int IC, int OC, int batch,
+                             MatmulContext& ctx, cudaStream_t stream, DinpRule rule = DinpRule::write);
+void matmul_backward_batched(float* dinp, float* dweight, float* dbias, const float* dout, int64_t dout_stride,
+                             const float* inp, const float* weight, int64_t N, int IC, int OC, int batch,
+                             MatmulContext& ctx, cudaStream_t stream, DinpRule rule = DinpRule::write);
+
 // The first layer of the MLP and its GELU in one GEMM: pre (N, OC) = inp . weight^T + bias and
 // out (N, OC) = GELU(pre), both written. GELU runs in the epilogue on the fp32 accumulator; pre,
 // the epilogue's auxiliary output, is kept for the backward. OC must be a multiple of 8.
@@ -87,10 +112,13 @@ void matmul_backward_dgelu(float* dpre, float* dweight, float* dbias, const floa
                            cudaStream_t stream);
 
 namespace detail {
-// dbias (OC) += sum over rows of dout (N, OC), in fp32; from model/matmul.cu, which cannot
-// include core/check.h (nvcc 13 rejects fmt 9), hence the returned status.
-cudaError_t launch_add_column_sums(float* dbias, const bf16* dout, int64_t N, int OC, cudaStream_t stream);
-cudaError_t launch_add_column_sums(float* dbias, const float* dout, int64_t N, int OC, cudaStream_t stream);
+// dbias_b (OC) += sum over rows of dout_b (N, OC), in fp32, for b < batch, with dout_b = dout +
+// b * dout_stride and dbias_b = dbias + b * OC; from model/matmul.cu, which cannot include
+// core/check.h (nvcc 13 rejects fmt 9), hence the returned status.
+cudaError_t launch_add_column_sums(float* dbias, const bf16* dout, int64_t N, int OC, int batch, int64_t dout_stride,
+                                   cudaStream_t stream);
+cudaError_t launch_add_column_sums(float* dbias, const float* dout, int64_t N, int OC, int batch, int64_t dout_stride,
+                                   cudaStream_t stream);
 }  // namespace detail
 
 }  // namespace dilatron
