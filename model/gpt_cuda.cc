@@ -98,6 +98,10 @@ GptCuda<T>::GptCuda(const GptShape& shape, int max_batch, ParameterSource<float>
       *std::max_element(offsets_.group_numel.begin() + 1, offsets_.group_numel.end());
   const bool copies = std::is_same_v<T, bf16>;  // fp32 compute reads the master weights directly
   const int n_saved_blocks = shape.recompute ? 1 : L;
+  // q, k, v (and dq, dk, dv) lie qkv_stride_ apart in one buffer, for the batched q/k/v GEMMs.
+  qkv_stride_ = N * C;
+  // A piece within a taken buffer; null while the carver only counts.
+  auto at = [](T* base, int64_t offset) { return base != nullptr ? base + offset : nullptr; };
   auto carve = [&](ByteCarver& a) {
     group0_copy_ = copies ? a.take<T>(offsets_.group_numel[0]) : nullptr;
     group_copy_ = copies ? a.take<T>(largest_block_group) : nullptr;
@@ -109,9 +113,9 @@ GptCuda<T>::GptCuda(const GptShape& shape, int max_batch, ParameterSource<float>
       b.ln1 = a.take<T>(N * C);
       b.ln1_mean = a.take<float>(N);
       b.ln1_rstd = a.take<float>(N);
-      b.q = a.take<T>(N * C);
-      b.k = a.take<T>(N * C);
-      b.v = a.take<T>(N * C);
+      b.q = a.take<T>(3 * qkv_stride_);
+      b.k = at(b.q, qkv_stride_);
+      b.v = at(b.q, 2 * qkv_stride_);
       b.att = a.take<T>(N * C);
       b.lse = a.take<float>(N * H);
       b.x_mid = a.take<T>(N * C);
@@ -130,9 +134,9 @@ GptCuda<T>::GptCuda(const GptShape& shape, int max_batch, ParameterSource<float>
     losses_ = a.take<float>(N);
     d_residual_ = a.take<T>(N * C);
     d_norm_ = a.take<T>(N * C);
-    dq_ = a.take<T>(N * C);
-    dk_ = a.take<T>(N * C);
-    dv_ = a.take<T>(N * C);
+    dq_ = a.take<T>(3 * qkv_stride_);
+    dk_ = at(dq_, qkv_stride_);
+    dv_ = at(dq_, 2 * qkv_stride_);
     d_fc_ = a.take<T>(N * F);
     tokens_ = a.take<int32_t>(N);
     targets_ = a.take<int32_t>(N);
@@ -204,17 +208,15 @@ void GptCuda<T>::block_forward(int layer, const T* weights, const BlockActivatio
   const auto w = block_weights(weights, layer);
   const int64_t N = static_cast<int64_t>(B_) * Tc_;
   const int C = shape_.d_model, F = gpt_ff_width(shape_), H = shape_.n_heads, D = C / H;
-  const int64_t CC = static_cast<int64_t>(C) * C;
   {
     DILATRON_PROFILE("fwd.norm", stream_);
     norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x_in, w.ln1_w, w.ln1_b);
   }
   {
     DILATRON_PROFILE("fwd.matmul.qkv", stream_);
-    // The (3C, C) qkv weight's row blocks produce q, k, v directly in (B, Tc, H, D) layout.
-    matmul_forward(a.q, a.ln1, w.qkv_w, w.qkv_b, N, C, C, matmul_, stream_);
-    matmul_forward(a.k, a.ln1, w.qkv_w + CC, w.qkv_b + C, N, C, C, matmul_, stream_);
-    matmul_forward(a.v, a.ln1, w.qkv_w + 2 * CC, w.qkv_b + 2 * C, N, C, C, matmul_, stream_);
+    // The (3C, C) qkv weight's row blocks produce q, k, v directly in (B, Tc, H, D) layout, in one
+    // batched GEMM (k and v follow q at qkv_stride_).
+    matmul_forward_batched(a.q, qkv_stride_, a.ln1, w.qkv_w, w.qkv_b, N, C, C, 3, matmul_, stream_);
   }
   if (shape_.position == PositionKind::rotary) {
     DILATRON_PROFILE("fwd.rotary", stream_);
@@ -253,7 +255,6 @@ void GptCuda<T>::block_backward(int layer, const T* weights, float* grads, const
   const auto g = block_weights(grads, layer);
   const int64_t N = static_cast<int64_t>(B_) * Tc_;
   const int C = shape_.d_model, F = gpt_ff_width(shape_), H = shape_.n_heads, D = C / H;
-  const int64_t CC = static_cast<int64_t>(C) * C;
 
   // MLP branch: d_residual_ holds d x_out and also feeds d x_mid through the skip.
   {
@@ -287,11 +288,10 @@ void GptCuda<T>::block_backward(int layer, const T* weights, float* grads, const
   }
   {
     DILATRON_PROFILE("bwd.matmul.qkv", stream_);
-    matmul_backward(d_norm_, g.qkv_w, g.qkv_b, dq_, a.ln1, w.qkv_w, N, C, C, matmul_, stream_);
-    matmul_backward(d_norm_, g.qkv_w + CC, g.qkv_b + C, dk_, a.ln1, w.qkv_w + CC, N, C, C, matmul_, stream_,
-                    DinpRule::accumulate);
-    matmul_backward(d_norm_, g.qkv_w + 2 * CC, g.qkv_b + 2 * C, dv_, a.ln1, w.qkv_w + 2 * CC, N, C, C, matmul_,
-                    stream_, DinpRule::accumulate);
+    // d ln1 = the sum of the three products; the three weight gradients in one batched GEMM and the
+    // three bias gradients in one launch (dk_ and dv_ follow dq_ at qkv_stride_).
+    matmul_backward_batched(d_norm_, g.qkv_w, g.qkv_b, dq_, qkv_stride_, a.ln1, w.qkv_w, N, C, C, 3, matmul_,
+                            stream_);
   }
   {
     DILATRON_PROFILE("bwd.norm", stream_);

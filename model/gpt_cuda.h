@@ -122,6 +122,7 @@ class GptCuda {
   T* logits_;  // (chunk_rows, V)
   float *ce_lse_, *losses_;  // (N)
   T *d_residual_, *d_norm_, *dq_, *dk_, *dv_, *d_fc_;
+  int64_t qkv_stride_ = 0;  // elements from q to k to v, and from dq_ to dk_ to dv_
   int32_t *tokens_, *targets_;  // device (N)
   int32_t* buckets_;            // device token buckets (layers_cuda.h, token_buckets)
   int32_t num_buckets_ = 0;
