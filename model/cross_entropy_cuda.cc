@@ -46,5 +46,21 @@ void cross_entropy_backward(float* dlogits, const float* logits, const float* ls
       detail::launch_cross_entropy_backward(dlogits, logits, lse, targets, dloss_weight, N, V, stream));
 }
 
+void cross_entropy_forward_backward(float* losses, float* lse, bf16* logits, const int32_t* targets,
+                                    float dloss_weight, int64_t N, int V, cudaStream_t stream) {
+  check_shape(N, V);
+  if (N == 0) return;
+  DILATRON_CUDA_CHECK(
+      detail::launch_cross_entropy_forward_backward(losses, lse, logits, targets, dloss_weight, N, V, stream));
+}
+
+void cross_entropy_forward_backward(float* losses, float* lse, float* logits, const int32_t* targets,
+                                    float dloss_weight, int64_t N, int V, cudaStream_t stream) {
+  check_shape(N, V);
+  if (N == 0) return;
+  DILATRON_CUDA_CHECK(
+      detail::launch_cross_entropy_forward_backward(losses, lse, logits, targets, dloss_weight, N, V, stream));
+}
+
 }  // namespace dilatron
 #endif

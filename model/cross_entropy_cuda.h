@@ -30,6 +30,15 @@ void cross_entropy_backward(bf16* dlogits, const bf16* logits, const float* lse,
 void cross_entropy_backward(float* dlogits, const float* logits, const float* lse, const int32_t* targets,
                             float dloss_weight, int64_t N, int V, cudaStream_t stream);
 
+// The forward and the backward in one pass over the logits, in place: losses and lse as the
+// forward writes them, and logits overwritten by dlogits as the backward writes them (the same
+// values, bit for bit). Each row is read from memory once instead of twice, for training, where
+// the logits are needed only to make dlogits.
+void cross_entropy_forward_backward(float* losses, float* lse, bf16* logits, const int32_t* targets,
+                                    float dloss_weight, int64_t N, int V, cudaStream_t stream);
+void cross_entropy_forward_backward(float* losses, float* lse, float* logits, const int32_t* targets,
+                                    float dloss_weight, int64_t N, int V, cudaStream_t stream);
+
 namespace detail {
 // Launchers of model/cross_entropy.cu; they return the launch status because .cu files cannot
 // include core/check.h (nvcc 13 rejects fmt 9). For model/cross_entropy_cuda.cc only.
@@ -43,6 +52,10 @@ cudaError_t launch_cross_entropy_backward(bf16* dlogits, const bf16* logits, con
 cudaError_t launch_cross_entropy_backward(float* dlogits, const float* logits, const float* lse,
                                           const int32_t* targets, float dloss_weight, int64_t N, int V,
                                           cudaStream_t stream);
+cudaError_t launch_cross_entropy_forward_backward(float* losses, float* lse, bf16* logits, const int32_t* targets,
+                                                  float dloss_weight, int64_t N, int V, cudaStream_t stream);
+cudaError_t launch_cross_entropy_forward_backward(float* losses, float* lse, float* logits, const int32_t* targets,
+                                                  float dloss_weight, int64_t N, int V, cudaStream_t stream);
 }  // namespace detail
 
 }  // namespace dilatron

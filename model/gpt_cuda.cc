@@ -359,10 +359,12 @@ double GptCuda<T>::head(const T* wte, float* dwte, double dloss_weight) {
     if (!has_targets_) continue;
     {
       DILATRON_PROFILE("head.cross_entropy", stream_);
-      cross_entropy_forward(losses_ + r0, ce_lse_ + r0, logits_, targets_ + r0, n, V, stream_);
+      // Training needs the logits only to make dlogits: one pass turns them into it in place.
       if (dwte != nullptr)
-        cross_entropy_backward(logits_, logits_, ce_lse_ + r0, targets_ + r0, static_cast<float>(dloss_weight), n,
-                               V, stream_);
+        cross_entropy_forward_backward(losses_ + r0, ce_lse_ + r0, logits_, targets_ + r0,
+                                       static_cast<float>(dloss_weight), n, V, stream_);
+      else
+        cross_entropy_forward(losses_ + r0, ce_lse_ + r0, logits_, targets_ + r0, n, V, stream_);
     }
     if (dwte == nullptr) continue;
     DILATRON_PROFILE("head.matmul.backward", stream_);

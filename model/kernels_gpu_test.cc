@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -149,8 +150,10 @@ std::vector<int32_t> random_targets(uint64_t seed, int64_t N, int V) {
   return targets;
 }
 
-// Runs forward, backward out of place and backward in place (dlogits = logits) on logits of type
-// T, and checks all three against the CPU reference.
+// Runs forward, backward out of place, backward in place (dlogits = logits) and the fused
+// forward_backward (in place, on a fresh copy of the logits, into fresh poisoned losses and lse) on
+// logits of type T, and checks all of them against the CPU reference; the fused kernel must also
+// equal the separate ones bit for bit.
 template <typename T>
 void check_cross_entropy(const char* label, int64_t N, int V, double grad_tolerance) {
   const uint64_t seed = 17 * static_cast<uint64_t>(N) + static_cast<uint64_t>(V);
@@ -180,17 +183,35 @@ void check_cross_entropy(const char* label, int64_t N, int V, double grad_tolera
   const double err_lse = max_relative_error(d_lse.download(), want_lse);
   const double err_grad = max_relative_error(to_floats(d_dlogits.download()), want_dlogits);
   cross_entropy_backward(d_logits.ptr, d_logits.ptr, d_lse.ptr, d_targets.ptr, dloss_weight, N, V, nullptr);
-  const double err_in_place = max_relative_error(to_floats(d_logits.download()), want_dlogits);
+  const std::vector<T> in_place = d_logits.download();
+  const double err_in_place = max_relative_error(to_floats(in_place), want_dlogits);
+
+  DeviceArray<T> f_logits(device_logits);
+  DeviceArray<float> f_losses(static_cast<size_t>(N)), f_lse(static_cast<size_t>(N));
+  cross_entropy_forward_backward(f_losses.ptr, f_lse.ptr, f_logits.ptr, d_targets.ptr, dloss_weight, N, V, nullptr);
+  const std::vector<float> fused_losses = f_losses.download(), fused_lse = f_lse.download();
+  const std::vector<T> fused_dlogits = f_logits.download();
+  const double err_fused_loss = max_relative_error(fused_losses, want_losses);
+  const double err_fused_lse = max_relative_error(fused_lse, want_lse);
+  const double err_fused_grad = max_relative_error(to_floats(fused_dlogits), want_dlogits);
+  const bool fused_bitwise = std::memcmp(fused_losses.data(), d_losses.download().data(), N * sizeof(float)) == 0 &&
+                             std::memcmp(fused_lse.data(), d_lse.download().data(), N * sizeof(float)) == 0 &&
+                             std::memcmp(fused_dlogits.data(), in_place.data(), count * sizeof(T)) == 0;
 
   std::printf("cross_entropy %-4s N=%-5lld V=%-6d | loss %.2e  lse %.2e (tol %.0e) | dlogits %.2e  in place %.2e "
-              "(tol %.0e)\n",
+              "(tol %.0e) | fused: loss %.2e  lse %.2e  dlogits %.2e, %s the separate kernels\n",
               label, static_cast<long long>(N), V, err_loss, err_lse, kFp32Tolerance, err_grad, err_in_place,
-              grad_tolerance);
+              grad_tolerance, err_fused_loss, err_fused_lse, err_fused_grad,
+              fused_bitwise ? "equals" : "DIFFERS from");
   INFO(label, " N = ", N, " V = ", V);
   CHECK(err_loss <= kFp32Tolerance);
   CHECK(err_lse <= kFp32Tolerance);
   CHECK(err_grad <= grad_tolerance);
   CHECK(err_in_place <= grad_tolerance);
+  CHECK(err_fused_loss <= kFp32Tolerance);
+  CHECK(err_fused_lse <= kFp32Tolerance);
+  CHECK(err_fused_grad <= grad_tolerance);
+  CHECK(fused_bitwise);
 }
 
 TEST_CASE("cross_entropy on bf16 logits matches the fp64 CPU reference") {
@@ -213,6 +234,11 @@ TEST_CASE("cross_entropy: a target >= V gives a NaN loss, since a kernel cannot 
   const std::vector<float> losses = d_losses.download();
   CHECK(std::isfinite(losses[0]));
   CHECK(std::isnan(losses[1]));
+  DeviceArray<float> f_losses(2), f_lse(2);
+  cross_entropy_forward_backward(f_losses.ptr, f_lse.ptr, d_logits.ptr, d_targets.ptr, 1.0f, 2, V, nullptr);
+  const std::vector<float> fused = f_losses.download();
+  CHECK(std::isfinite(fused[0]));
+  CHECK(std::isnan(fused[1]));
 }
 
 struct MatmulShape {
