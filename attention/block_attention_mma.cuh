@@ -12,6 +12,11 @@
 // apart modulo 128, in distinct banks. Rows past a block's end are zero (never NaN: 0 * NaN would
 // poison a product even where the probability is 0).
 //
+// Each kernel keeps its own tiles (q in the forward; q and dout in dQ; k and v in dK/dV) and
+// streams the other side through two shared-memory stages: cp.async fills the next stage while the
+// tensor cores work on this one, so the load latency hides under the products. Only tiles that
+// straddle a block's end or the causal diagonal evaluate the mask element by element.
+//
 // Fragments of mma.m16n8k16 (PTX ISA), with g = lane / 4 and t = lane % 4; each register holds two
 // bf16, the lower column in the low half:
 //   A (16 x 16, rows x k):  a0 (g, 2t..2t+1)  a1 (g+8, 2t..2t+1)  a2 (g, 2t+8..2t+9)  a3 (g+8, 2t+8..2t+9)
@@ -67,19 +72,23 @@ template <int D>
 constexpr int kRow = D + 8;
 template <int D>
 constexpr int kTileElements = kTile * kRow<D>;
+template <int D>
+constexpr int kTileBytes = kTileElements<D> * static_cast<int>(sizeof(bf16_t));
 
-// Bytes of shared memory of each kernel.
+// Bytes of shared memory of each kernel: the tiles a CTA keeps (its own rows) once, the tiles it
+// streams twice (two stages: one computed on while the copy engine fills the other).
 template <int D>
 constexpr int forward_smem_bytes() {
-  return 3 * kTileElements<D> * static_cast<int>(sizeof(bf16_t));
+  return (1 + 2 * 2) * kTileBytes<D>;  // q; k and v per stage
 }
 template <int D>
 constexpr int dq_smem_bytes() {
-  return 4 * kTileElements<D> * static_cast<int>(sizeof(bf16_t));
+  return (2 + 2 * 2) * kTileBytes<D>;  // q, dout; k and v per stage
 }
 template <int D>
 constexpr int dkdv_smem_bytes() {
-  return 4 * kTileElements<D> * static_cast<int>(sizeof(bf16_t)) + 2 * kTile * static_cast<int>(sizeof(float));
+  // k, v; q and dout per stage; lse and delta per stage
+  return (2 + 2 * 2) * kTileBytes<D> + 2 * 2 * kTile * static_cast<int>(sizeof(float));
 }
 
 // The CTA's dynamic shared memory.
@@ -87,6 +96,66 @@ __device__ __forceinline__ unsigned char* dynamic_shared_memory() {
   extern __shared__ __align__(16) unsigned char smem[];
   return smem;
 }
+
+// ---- Asynchronous copies (cp.async, sm_80+): global -> shared without passing through registers,
+// so the next tile loads while the tensor cores work on this one. A copy whose source size is 0
+// writes zeros (rows past a block's end).
+
+__device__ __forceinline__ void copy_async_16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                   static_cast<uint32_t>(__cvta_generic_to_shared(dst))),
+               "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void copy_async_4(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(
+                   static_cast<uint32_t>(__cvta_generic_to_shared(dst))),
+               "l"(src), "r"(valid ? 4 : 0)
+               : "memory");
+}
+// Closes the group of copies this thread issued since the last commit.
+__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most `pending` of this thread's committed groups are still in flight; a barrier
+// afterwards makes every thread's landed copies visible to the CTA.
+template <int pending>
+__device__ __forceinline__ void wait_copies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(pending) : "memory");
+}
+
+// tile := rows [row0, row0 + kTile) of a block (element (r, d) at base[r * stride + d]), zero past
+// `rows`, by asynchronous 16-byte copies when every row starts 16-byte aligned; otherwise by
+// element loads and stores, complete on return (the barrier after the wait publishes both).
+template <int D>
+__device__ __forceinline__ void load_tile_async(bf16_t* tile, const bf16_t* base, int64_t stride, int row0,
+                                                int rows) {
+  const int valid = min(kTile, rows - row0);
+  if (reinterpret_cast<uintptr_t>(base) % 16 == 0 && stride % 8 == 0) {
+    constexpr int kChunks = D / 8;  // 16-byte pieces of a row
+#pragma unroll
+    for (int i = 0; i < kTile * kChunks / kThreads; ++i) {
+      const int e = static_cast<int>(threadIdx.x) + i * kThreads, r = e / kChunks, c = e % kChunks;
+      const bool in = r < valid;
+      copy_async_16(tile + r * kRow<D> + 8 * c, in ? base + static_cast<int64_t>(row0 + r) * stride + 8 * c : base, in);
+    }
+  } else {
+    for (int e = static_cast<int>(threadIdx.x); e < kTile * D; e += kThreads) {
+      const int r = e / D, d = e % D;
+      tile[r * kRow<D> + d] =
+          r < valid ? base[static_cast<int64_t>(row0 + r) * stride + d] : __float2bfloat16_rn(0.0f);
+    }
+  }
+}
+
+// x[r] := the fp32 value of row row0 + r (at base[row * stride]) for r < kTile, 0 past `rows`.
+__device__ __forceinline__ void load_row_values_async(float* x, const float* base, int64_t stride, int row0,
+                                                      int rows) {
+  for (int r = static_cast<int>(threadIdx.x); r < kTile; r += kThreads) {
+    const bool in = row0 + r < rows;
+    copy_async_4(x + r, in ? base + static_cast<int64_t>(row0 + r) * stride : base, in);
+  }
+}
+
+// ---- Tensor-core fragments.
 
 // r[i] := this lane's part of 8 x 8 matrix i, whose 8 rows (16 bytes each) lanes 8 i .. 8 i + 7
 // address: row g, columns 2t, 2t + 1.
@@ -149,15 +218,46 @@ __device__ __forceinline__ void load_b_k_rows(uint32_t (&b)[4], const bf16_t* ti
   ldmatrix_x4_trans(b, tile + (k0 + lane % 8 + 8 * (lane / 8 % 2)) * kRow<D> + n0 + 8 * (lane / 16));
 }
 
-// acc (16 x N as N / 8 C fragments) += rows [r0, r0 + 16) of a times rows [n0, n0 + N) of b,
+// A warp's 16 own rows of a tile that stays put for the whole kernel (the A operand of its score
+// products), as A fragments over all D columns. At D = 64 they are loaded once into 16 registers,
+// which takes a quarter of the shared-memory reads off every score product; at D = 128 the
+// dK/dV kernel has no registers to spare (its accumulators take 128), so they are read from
+// shared memory at each use.
+template <int D, bool kInRegisters = (D <= 64)>
+struct OwnRows;
+
+template <int D>
+struct OwnRows<D, true> {
+  uint32_t fragment[D / 16][4];
+  __device__ __forceinline__ OwnRows(const bf16_t* tile, int r0, int lane) {
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) load_a<D>(fragment[kc], tile, r0, 16 * kc, lane);
+  }
+  __device__ __forceinline__ void get(uint32_t (&a)[4], int kc, int) const {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a[i] = fragment[kc][i];
+  }
+};
+
+template <int D>
+struct OwnRows<D, false> {
+  const bf16_t* tile;
+  int r0;
+  __device__ __forceinline__ OwnRows(const bf16_t* t, int r, int) : tile(t), r0(r) {}
+  __device__ __forceinline__ void get(uint32_t (&a)[4], int kc, int lane) const {
+    load_a<D>(a, tile, r0, 16 * kc, lane);
+  }
+};
+
+// acc (16 x N as N / 8 C fragments) += a warp's own 16 rows times rows [n0, n0 + N) of b,
 // transposed, over all D columns: scores q.k (or dout.v) of 16 rows against N rows.
-template <int D, int N>
-__device__ __forceinline__ void mma_rows_rows(float (&acc)[N / 8][4], const bf16_t* a, int r0, const bf16_t* b, int n0,
+template <int D, int N, typename Rows>
+__device__ __forceinline__ void mma_rows_rows(float (&acc)[N / 8][4], const Rows& a, const bf16_t* b, int n0,
                                               int lane) {
 #pragma unroll
   for (int kc = 0; kc < D / 16; ++kc) {
     uint32_t af[4];
-    load_a<D>(af, a, r0, 16 * kc, lane);
+    a.get(af, kc, lane);
 #pragma unroll
     for (int jp = 0; jp < N / 16; ++jp) {
       uint32_t bf[4];
@@ -188,33 +288,10 @@ __device__ __forceinline__ void mma_weights_rows(float (&acc)[D / 8][4], const f
   }
 }
 
-// tile := rows [row0, row0 + kTile) of a block (element (r, d) at base[r * stride + d]), zero past
-// `rows`. 16-byte loads when every row starts 16-byte aligned, else element loads.
-template <int D>
-__device__ __forceinline__ void load_tile(bf16_t* tile, const bf16_t* base, int64_t stride, int row0, int rows) {
-  const int valid = min(kTile, rows - row0);
-  if (reinterpret_cast<uintptr_t>(base) % 16 == 0 && stride % 8 == 0) {
-    constexpr int kChunks = D / 8;  // 16-byte pieces of a row
-    constexpr int kPerThread = kTile * kChunks / kThreads;
-    uint4 x[kPerThread];
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {  // all loads in flight before the first store
-      const int e = static_cast<int>(threadIdx.x) + i * kThreads, r = e / kChunks, c = e % kChunks;
-      x[i] = r < valid ? *reinterpret_cast<const uint4*>(base + static_cast<int64_t>(row0 + r) * stride + 8 * c)
-                       : uint4{0u, 0u, 0u, 0u};
-    }
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      const int e = static_cast<int>(threadIdx.x) + i * kThreads, r = e / kChunks, c = e % kChunks;
-      *reinterpret_cast<uint4*>(tile + r * kRow<D> + 8 * c) = x[i];
-    }
-  } else {
-    for (int e = static_cast<int>(threadIdx.x); e < kTile * D; e += kThreads) {
-      const int r = e / D, d = e % D;
-      tile[r * kRow<D> + d] =
-          r < valid ? base[static_cast<int64_t>(row0 + r) * stride + d] : __float2bfloat16_rn(0.0f);
-    }
-  }
+// Whether every query of the tile at q0 sees every key of the tile at k0, so that no element needs
+// the mask: both tiles lie inside their blocks and, causal, every key precedes every query.
+__device__ __forceinline__ bool tile_unmasked(const DeviceBlockTask& task, int q0, int k0, bool causal) {
+  return q0 + kTile <= task.nq && k0 + kTile <= task.nk && (!causal || k0 + kTile <= q0);
 }
 
 template <int D, typename O>
@@ -229,10 +306,23 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int g = lane / 4, t = lane % 4;
 
+  // q, then (k, v) of stage 0 and of stage 1.
   bf16_t* q_tile = reinterpret_cast<bf16_t*>(dynamic_shared_memory());
-  bf16_t* k_tile = q_tile + kTileElements<D>;
-  bf16_t* v_tile = k_tile + kTileElements<D>;
-  load_tile<D>(q_tile, q + task.q_offset, task.q_stride, q0, task.nq);
+  bf16_t* kv_tiles = q_tile + kTileElements<D>;
+  auto k_tile = [&](int stage) { return kv_tiles + 2 * stage * kTileElements<D>; };
+  auto v_tile = [&](int stage) { return kv_tiles + (2 * stage + 1) * kTileElements<D>; };
+  auto load_keys = [&](int stage, int k0) {
+    load_tile_async<D>(k_tile(stage), k + task.k_offset, task.k_stride, k0, task.nk);
+    load_tile_async<D>(v_tile(stage), v + task.k_offset, task.k_stride, k0, task.nk);
+  };
+  const int keys = key_end(task, q0, causal);
+  load_tile_async<D>(q_tile, q + task.q_offset, task.q_stride, q0, task.nq);
+  commit_copies();
+  if (keys > 0) load_keys(0, 0);
+  commit_copies();
+  wait_copies<1>();
+  __syncthreads();
+  const OwnRows<D> q_rows(q_tile, 16 * warp, lane);
 
   // Per fragment row h (tile row 16 warp + g + 8 h): running max of the scores in log2 units, and
   // this thread's share of the running sum (summed over the quad at the end).
@@ -242,24 +332,24 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
 
-  const int keys = key_end(task, q0, causal);
-  for (int k0 = 0; k0 < keys; k0 += kTile) {
-    __syncthreads();  // the previous k and v tiles are no longer read
-    load_tile<D>(k_tile, k + task.k_offset, task.k_stride, k0, task.nk);
-    load_tile<D>(v_tile, v + task.k_offset, task.k_stride, k0, task.nk);
+  for (int k0 = 0, stage = 0; k0 < keys; k0 += kTile, stage ^= 1) {
+    if (k0 + kTile < keys) load_keys(stage ^ 1, k0 + kTile);  // the last iteration's barrier freed it
+    commit_copies();
+    wait_copies<1>();  // this stage's copies have landed (the next stage's may still be in flight)
     __syncthreads();
     float s[kTile / 8][4];
 #pragma unroll
     for (int j = 0; j < kTile / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-    mma_rows_rows<D, kTile>(s, q_tile, 16 * warp, k_tile, 0, lane);
+    mma_rows_rows<D, kTile>(s, q_rows, k_tile(stage), 0, lane);
 
+    const bool unmasked = tile_unmasked(task, q0, k0, causal);
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int qi = q0 + 16 * warp + g + 8 * (e / 2), kj = k0 + 8 * j + 2 * t + e % 2;
-        s[j][e] = sees(qi, kj, task.nk, causal) ? s[j][e] * scale_log2 : -INFINITY;
+        s[j][e] = unmasked || sees(qi, kj, task.nk, causal) ? s[j][e] * scale_log2 : -INFINITY;
         tile_max[e / 2] = fmaxf(tile_max[e / 2], s[j][e]);
       }
 #pragma unroll
@@ -280,7 +370,8 @@ __global__ void __launch_bounds__(kThreads)
         s[j][e] = m[h] == -INFINITY ? 0.0f : exp2f(s[j][e] - m[h]);
         l[h] += s[j][e];
       }
-    mma_weights_rows<D, kTile>(o, s, v_tile, 0, lane);
+    mma_weights_rows<D, kTile>(o, s, v_tile(stage), 0, lane);
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
   float old_lse[2];
@@ -354,15 +445,32 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int g = lane / 4, t = lane % 4;
 
+  // k, v, then (q, dout) of stage 0 and of stage 1, then (lse, delta) of stage 0 and of stage 1.
   bf16_t* k_tile = reinterpret_cast<bf16_t*>(dynamic_shared_memory());
   bf16_t* v_tile = k_tile + kTileElements<D>;
-  bf16_t* q_tile = v_tile + kTileElements<D>;
-  bf16_t* dout_tile = q_tile + kTileElements<D>;
-  float* lse_tile = reinterpret_cast<float*>(dout_tile + kTileElements<D>);  // (kTile), log2 units
-  float* delta_tile = lse_tile + kTile;                                       // (kTile)
+  bf16_t* query_tiles = v_tile + kTileElements<D>;
+  float* row_values = reinterpret_cast<float*>(query_tiles + 4 * kTileElements<D>);
+  auto q_tile = [&](int stage) { return query_tiles + 2 * stage * kTileElements<D>; };
+  auto dout_tile = [&](int stage) { return query_tiles + (2 * stage + 1) * kTileElements<D>; };
+  auto lse_tile = [&](int stage) { return row_values + 2 * stage * kTile; };  // natural log; 0 past nq
+  auto delta_tile = [&](int stage) { return row_values + (2 * stage + 1) * kTile; };
+  auto load_queries = [&](int stage, int q0) {
+    load_tile_async<D>(q_tile(stage), q + task.q_offset, task.q_stride, q0, task.nq);
+    load_tile_async<D>(dout_tile(stage), dout + task.q_offset, task.q_stride, q0, task.nq);
+    load_row_values_async(lse_tile(stage), lse + task.lse_offset, task.lse_stride, q0, task.nq);
+    load_row_values_async(delta_tile(stage), delta + task.lse_offset, task.lse_stride, q0, task.nq);
+  };
+  // Causal: queries before k0 see none of these keys (aligned blocks, equal tiles).
+  const int first_q0 = causal ? k0 : 0;
+  load_tile_async<D>(k_tile, k + task.k_offset, task.k_stride, k0, task.nk);
+  load_tile_async<D>(v_tile, v + task.k_offset, task.k_stride, k0, task.nk);
+  commit_copies();
+  if (first_q0 < task.nq) load_queries(0, first_q0);
+  commit_copies();
+  wait_copies<1>();
+  __syncthreads();
+  const OwnRows<D> k_rows(k_tile, 16 * warp, lane), v_rows(v_tile, 16 * warp, lane);
 
-  load_tile<D>(k_tile, k + task.k_offset, task.k_stride, k0, task.nk);
-  load_tile<D>(v_tile, v + task.k_offset, task.k_stride, k0, task.nk);
   const float scale_log2 = scale * kLog2e;
   float dk_acc[D / 8][4], dv_acc[D / 8][4];
 #pragma unroll
@@ -370,18 +478,14 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk_acc[j][e] = dv_acc[j][e] = 0.0f;
 
-  // Causal: queries before k0 see none of these keys (aligned blocks, equal tiles).
-  for (int q0 = causal ? k0 : 0; q0 < task.nq; q0 += kTile) {
-    __syncthreads();  // the previous query tile is no longer read
-    load_tile<D>(q_tile, q + task.q_offset, task.q_stride, q0, task.nq);
-    load_tile<D>(dout_tile, dout + task.q_offset, task.q_stride, q0, task.nq);
-    for (int r = static_cast<int>(threadIdx.x); r < kTile; r += kThreads) {
-      // -inf / 0 past nq, so padding queries get probability 0.
-      const int64_t at = task.lse_offset + static_cast<int64_t>(q0 + r) * task.lse_stride;
-      lse_tile[r] = q0 + r < task.nq ? lse[at] * kLog2e : -INFINITY;
-      delta_tile[r] = q0 + r < task.nq ? delta[at] : 0.0f;
-    }
+  for (int q0 = first_q0, stage = 0; q0 < task.nq; q0 += kTile, stage ^= 1) {
+    if (q0 + kTile < task.nq) load_queries(stage ^ 1, q0 + kTile);  // the last iteration's barrier freed it
+    commit_copies();
+    wait_copies<1>();
     __syncthreads();
+    const bool unmasked = tile_unmasked(task, q0, k0, causal);
+    const float* lse_row = lse_tile(stage);
+    const float* delta_row = delta_tile(stage);
     // Transposed scores: fragment rows are this warp's keys, columns queries c0 + [0, kQueries).
 #pragma unroll 1
     for (int c0 = 0; c0 < kTile; c0 += kQueries) {
@@ -390,21 +494,24 @@ __global__ void __launch_bounds__(kThreads)
       for (int j = 0; j < kQueries / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.0f;
-      mma_rows_rows<D, kQueries>(s, k_tile, 16 * warp, q_tile, c0, lane);
-      mma_rows_rows<D, kQueries>(dp, v_tile, 16 * warp, dout_tile, c0, lane);
+      mma_rows_rows<D, kQueries>(s, k_rows, q_tile(stage), c0, lane);
+      mma_rows_rows<D, kQueries>(dp, v_rows, dout_tile(stage), c0, lane);
 #pragma unroll
       for (int j = 0; j < kQueries / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int kj = k0 + 16 * warp + g + 8 * (e / 2), r = c0 + 8 * j + 2 * t + e % 2;
-          const bool visible = q0 + r < task.nq && sees(q0 + r, kj, task.nk, causal);
-          const float p = visible && lse_tile[r] != -INFINITY ? exp2f(s[j][e] * scale_log2 - lse_tile[r]) : 0.0f;
+          // Rows past nq are masked (their lse was filled with 0); a row no key reaches has lse -inf.
+          const bool visible = unmasked || (q0 + r < task.nq && sees(q0 + r, kj, task.nk, causal));
+          const float row_lse = lse_row[r];
+          const float p = visible && row_lse != -INFINITY ? exp2f(s[j][e] * scale_log2 - row_lse * kLog2e) : 0.0f;
           s[j][e] = p;
-          dp[j][e] = p * (dout_scale * dp[j][e] - delta_tile[r]);  // dS^T
+          dp[j][e] = p * (dout_scale * dp[j][e] - delta_row[r]);  // dS^T
         }
-      mma_weights_rows<D, kQueries>(dv_acc, s, dout_tile, c0, lane);
-      mma_weights_rows<D, kQueries>(dk_acc, dp, q_tile, c0, lane);
+      mma_weights_rows<D, kQueries>(dv_acc, s, dout_tile(stage), c0, lane);
+      mma_weights_rows<D, kQueries>(dk_acc, dp, q_tile(stage), c0, lane);
     }
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
 #pragma unroll
@@ -429,12 +536,22 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int g = lane / 4, t = lane % 4;
 
+  // q, dout, then (k, v) of stage 0 and of stage 1.
   bf16_t* q_tile = reinterpret_cast<bf16_t*>(dynamic_shared_memory());
   bf16_t* dout_tile = q_tile + kTileElements<D>;
-  bf16_t* k_tile = dout_tile + kTileElements<D>;
-  bf16_t* v_tile = k_tile + kTileElements<D>;
-  load_tile<D>(q_tile, q + task.q_offset, task.q_stride, q0, task.nq);
-  load_tile<D>(dout_tile, dout + task.q_offset, task.q_stride, q0, task.nq);
+  bf16_t* kv_tiles = dout_tile + kTileElements<D>;
+  auto k_tile = [&](int stage) { return kv_tiles + 2 * stage * kTileElements<D>; };
+  auto v_tile = [&](int stage) { return kv_tiles + (2 * stage + 1) * kTileElements<D>; };
+  auto load_keys = [&](int stage, int k0) {
+    load_tile_async<D>(k_tile(stage), k + task.k_offset, task.k_stride, k0, task.nk);
+    load_tile_async<D>(v_tile(stage), v + task.k_offset, task.k_stride, k0, task.nk);
+  };
+  const int keys = key_end(task, q0, causal);
+  load_tile_async<D>(q_tile, q + task.q_offset, task.q_stride, q0, task.nq);
+  load_tile_async<D>(dout_tile, dout + task.q_offset, task.q_stride, q0, task.nq);
+  commit_copies();
+  if (keys > 0) load_keys(0, 0);
+  commit_copies();
 
   // lse (log2 units) and delta of fragment rows h; -inf / 0 past nq, so padding rows get p = 0.
   const float scale_log2 = scale * kLog2e;
@@ -449,30 +566,34 @@ __global__ void __launch_bounds__(kThreads)
   float dq_acc[D / 8][4];
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) dq_acc[j][0] = dq_acc[j][1] = dq_acc[j][2] = dq_acc[j][3] = 0.0f;
+  wait_copies<1>();
+  __syncthreads();
+  const OwnRows<D> q_rows(q_tile, 16 * warp, lane), dout_rows(dout_tile, 16 * warp, lane);
 
-  const int keys = key_end(task, q0, causal);
-  for (int k0 = 0; k0 < keys; k0 += kTile) {
-    __syncthreads();  // the previous key tile is no longer read
-    load_tile<D>(k_tile, k + task.k_offset, task.k_stride, k0, task.nk);
-    load_tile<D>(v_tile, v + task.k_offset, task.k_stride, k0, task.nk);
+  for (int k0 = 0, stage = 0; k0 < keys; k0 += kTile, stage ^= 1) {
+    if (k0 + kTile < keys) load_keys(stage ^ 1, k0 + kTile);  // the last iteration's barrier freed it
+    commit_copies();
+    wait_copies<1>();
     __syncthreads();
     float s[kTile / 8][4], dp[kTile / 8][4];
 #pragma unroll
     for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.0f;
-    mma_rows_rows<D, kTile>(s, q_tile, 16 * warp, k_tile, 0, lane);
-    mma_rows_rows<D, kTile>(dp, dout_tile, 16 * warp, v_tile, 0, lane);
+    mma_rows_rows<D, kTile>(s, q_rows, k_tile(stage), 0, lane);
+    mma_rows_rows<D, kTile>(dp, dout_rows, v_tile(stage), 0, lane);
+    const bool unmasked = tile_unmasked(task, q0, k0, causal);
 #pragma unroll
     for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int h = e / 2, qi = q0 + 16 * warp + g + 8 * h, kj = k0 + 8 * j + 2 * t + e % 2;
-        const bool visible = qi < task.nq && sees(qi, kj, task.nk, causal);
+        const bool visible = unmasked || (qi < task.nq && sees(qi, kj, task.nk, causal));
         const float p = visible && row_lse[h] != -INFINITY ? exp2f(s[j][e] * scale_log2 - row_lse[h]) : 0.0f;
         s[j][e] = p * (dout_scale * dp[j][e] - row_delta[h]);  // dS
       }
-    mma_weights_rows<D, kTile>(dq_acc, s, k_tile, 0, lane);
+    mma_weights_rows<D, kTile>(dq_acc, s, k_tile(stage), 0, lane);
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
 #pragma unroll
