@@ -97,14 +97,25 @@ GptCuda<T>::GptCuda(const GptShape& shape, int max_batch, ParameterSource<float>
   const int64_t largest_block_group =
       *std::max_element(offsets_.group_numel.begin() + 1, offsets_.group_numel.end());
   const bool copies = std::is_same_v<T, bf16>;  // fp32 compute reads the master weights directly
+  keep_copies_ = copies && source_.parameters_version().has_value();
+  const int n_groups = static_cast<int>(offsets_.group_numel.size());
+  copy_versions_.assign(n_groups, std::nullopt);
   const int n_saved_blocks = shape.recompute ? 1 : L;
   // q, k, v (and dq, dk, dv) lie qkv_stride_ apart in one buffer, for the batched q/k/v GEMMs.
   qkv_stride_ = N * C;
   // A piece within a taken buffer; null while the carver only counts.
   auto at = [](T* base, int64_t offset) { return base != nullptr ? base + offset : nullptr; };
   auto carve = [&](ByteCarver& a) {
-    group0_copy_ = copies ? a.take<T>(offsets_.group_numel[0]) : nullptr;
-    group_copy_ = copies ? a.take<T>(largest_block_group) : nullptr;
+    copies_.assign(n_groups, nullptr);
+    if (keep_copies_) {
+      // One copy per group, kept across micro-batches: 2 bytes per parameter of GPU memory buy
+      // L + 2 conversions per optimizer step instead of 2 (L + 2) per micro-batch.
+      for (int g = 0; g < n_groups; ++g) copies_[g] = a.take<T>(offsets_.group_numel[g]);
+    } else if (copies) {
+      // Group 0 is held from the head to the embedding backward; the others take turns in one.
+      copies_[0] = a.take<T>(offsets_.group_numel[0]);
+      std::fill(copies_.begin() + 1, copies_.end(), a.take<T>(largest_block_group));
+    }
     residual_.clear();
     for (int l = 0; l <= L; ++l) residual_.push_back(a.take<T>(N * C));
     blocks_.clear();
@@ -164,14 +175,20 @@ void GptCuda<T>::zero(void* p, int64_t bytes) {
 }
 
 template <typename T>
-const T* GptCuda<T>::compute_copy(const float* group, int g, T* scratch) {
+const T* GptCuda<T>::compute_copy(const float* group, int g) {
   if constexpr (std::is_same_v<T, float>) {
-    (void)g, (void)scratch;
+    (void)g;
     return group;
   } else {
+    if (keep_copies_) {
+      const std::optional<uint64_t> version = source_.parameters_version();
+      DILATRON_CHECK(version.has_value(), "the parameter source of group {} stopped versioning its parameters", g);
+      if (copy_versions_[g] == version) return copies_[g];  // no update since the last conversion
+      copy_versions_[g] = version;
+    }
     DILATRON_PROFILE("convert_to_bf16", stream_);
-    convert_from_float(k(scratch), group, offsets_.group_numel[g], stream_);
-    return scratch;
+    convert_from_float(k(copies_[g]), group, offsets_.group_numel[g], stream_);
+    return copies_[g];
   }
 }
 
@@ -327,7 +344,7 @@ void GptCuda<T>::trunk_forward(const int32_t* tokens, const int32_t* targets, in
                                       cudaMemcpyHostToDevice, stream_));
 
   const float* embeddings = source_.acquire(0);
-  const T* emb = compute_copy(embeddings, 0, group0_copy_);
+  const T* emb = compute_copy(embeddings, 0);
   {
     DILATRON_PROFILE("embedding", stream_);
     token_embedding_forward(k(residual_[0]), tokens_, k(emb + offsets_.wte), N, C, V, stream_);
@@ -336,11 +353,11 @@ void GptCuda<T>::trunk_forward(const int32_t* tokens, const int32_t* targets, in
   }
   source_.release(0);
   for (int l = 0; l < L; ++l) {
-    const T* weights = compute_copy(source_.acquire(l + 1), l + 1, group_copy_);
+    const T* weights = compute_copy(source_.acquire(l + 1), l + 1);
     block_forward(l, weights, blocks_[shape_.recompute ? 0 : l], residual_[l], residual_[l + 1]);
     source_.release(l + 1);
   }
-  const T* final_norm = compute_copy(source_.acquire(L + 1), L + 1, group_copy_);
+  const T* final_norm = compute_copy(source_.acquire(L + 1), L + 1);
   norm_forward(lnf_, lnf_mean_, lnf_rstd_, residual_[L], final_norm + offsets_.lnf_w,
                offsets_.lnf_b < 0 ? nullptr : final_norm + offsets_.lnf_b);
   source_.release(L + 1);
@@ -392,7 +409,7 @@ double GptCuda<T>::forward(const int32_t* tokens, const int32_t* targets, int B,
   for (int g = 0; g <= L + 1; ++g) source_.will_acquire(g);
   source_.will_acquire(0);
   trunk_forward(tokens, targets, B, Tc, pos0);
-  const T* emb = compute_copy(source_.acquire(0), 0, group0_copy_);
+  const T* emb = compute_copy(source_.acquire(0), 0);
   const double loss = head(emb + offsets_.wte, nullptr, 0.0);
   source_.release(0);
   if (!has_targets_) DILATRON_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -412,12 +429,12 @@ double GptCuda<T>::forward_backward(const int32_t* tokens, const int32_t* target
   const int64_t N = static_cast<int64_t>(B) * Tc;
 
   // Group 0 serves the LM head now and the embedding at the end: held across the whole pass.
-  const T* emb = compute_copy(source_.acquire(0), 0, group0_copy_);
+  const T* emb = compute_copy(source_.acquire(0), 0);
   float* d_emb = source_.acquire_gradients(0);
   const double loss = head(emb + offsets_.wte, d_emb + offsets_.wte, dloss_weight);  // d_norm_ := d lnf
   {
     const float* final_norm_master = source_.acquire(L + 1);
-    const T* final_norm = compute_copy(final_norm_master, L + 1, group_copy_);
+    const T* final_norm = compute_copy(final_norm_master, L + 1);
     float* d_final_norm = source_.acquire_gradients(L + 1);
     zero(d_residual_, N * C * static_cast<int64_t>(sizeof(T)));  // the norm backward adds
     norm_backward(d_residual_, d_final_norm + offsets_.lnf_w, offsets_.lnf_b < 0 ? nullptr : d_final_norm + offsets_.lnf_b, d_norm_,
@@ -427,7 +444,7 @@ double GptCuda<T>::forward_backward(const int32_t* tokens, const int32_t* target
   }
   for (int l = L - 1; l >= 0; --l) {
     const BlockActivations& a = blocks_[shape_.recompute ? 0 : l];
-    const T* weights = compute_copy(source_.acquire(l + 1), l + 1, group_copy_);
+    const T* weights = compute_copy(source_.acquire(l + 1), l + 1);
     float* d_weights = source_.acquire_gradients(l + 1);
     if (shape_.recompute) block_forward(l, weights, a, residual_[l], nullptr);
     block_backward(l, weights, d_weights, a, residual_[l]);

@@ -3,8 +3,11 @@
 //
 // Precision (T = bf16 in training; T = float for tests against the CPU): parameters, their
 // gradients and the optimizer state are fp32 (the ParameterSource's buffers, device memory);
-// on acquiring a group the model rounds it to T once into a compute copy, and every activation
-// is T. Matmuls, norms and softmaxes accumulate in fp32; parameter gradients accumulate in fp32;
+// on acquiring a group the model rounds it to T into a compute copy, and every activation is T.
+// From a source that versions its parameters (DeviceParameters: one GPU, or replicated data
+// parallelism) it keeps a copy of every group and rounds a group again only after the parameters
+// changed, once per optimizer step; from any other (ZeRO-3) it rounds each group it acquires.
+// Matmuls, norms and softmaxes accumulate in fp32; parameter gradients accumulate in fp32;
 // losses are fp32 per token and summed in double on the host.
 //
 // The LM head never holds the (N, V) logits of a long sequence: it runs in chunks of rows, and in
@@ -12,7 +15,8 @@
 // (forward_backward), so the logits cost one chunk of memory whatever N is.
 //
 // Memory: one activation arena (device, allocated once here), sized like the CPU model's, plus
-// compute copies of two groups and the chunked logits. The step itself never allocates.
+// the compute copies (of every group, 2 bytes per parameter, from a versioned source; else of
+// two groups) and the chunked logits. The step itself never allocates.
 // Everything is queued on one stream; forward and forward_backward synchronise it once, to
 // return the loss.
 #pragma once
@@ -22,6 +26,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "attention/device_sequence_attention.h"
@@ -46,6 +51,8 @@ class GptCuda {
   // and gradients stay held from the head to the embedding backward). `attention` computes
   // attention over this rank's tokens (nullptr: dense causal over seq_len); both must outlive
   // the model. logits_chunk_rows: rows of the LM head per chunk (0: as many as fit in 1 GiB).
+  // Whoever updates the parameters of a source with a parameters_version() queues the writes on
+  // `stream` (or finishes them) before the model's next acquire, as the training states do.
   GptCuda(const GptShape& shape, int max_batch, ParameterSource<float>& params,
           DeviceSequenceAttention<T>* attention, cudaStream_t stream, int64_t logits_chunk_rows = 0);
   ~GptCuda();
@@ -84,8 +91,9 @@ class GptCuda {
     T *fc, *fc_gelu;
   };
 
-  // The compute copy (T) of a group's fp32 parameters.
-  const T* compute_copy(const float* group, int g, T* scratch);
+  // The compute copy (T) of group g's fp32 parameters `group`: made now, or kept from the last
+  // acquire when the source's parameters_version() has not moved since.
+  const T* compute_copy(const float* group, int g);
   template <typename P>
   BlockWeights<P> block_weights(P* group, int layer) const;
   void norm_forward(T* out, float* mean, float* rstd, const T* inp, const T* w, const T* b);
@@ -114,7 +122,12 @@ class GptCuda {
 
   Tensor arena_;  // device bytes
   int64_t arena_bytes_ = 0;
-  T *group0_copy_, *group_copy_;  // compute copies: embeddings/head, and the current block or ln_f
+  // Compute copies per group (none for T = float). keep_copies_: each group has its own, made
+  // from the source's version copy_versions_[g]; else group 0 (embeddings/head) has one and the
+  // others share one, made at every acquire.
+  bool keep_copies_ = false;
+  std::vector<T*> copies_;
+  std::vector<std::optional<uint64_t>> copy_versions_;
   std::vector<T*> residual_;
   std::vector<BlockActivations> blocks_;
   T* lnf_;

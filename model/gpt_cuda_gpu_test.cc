@@ -21,6 +21,7 @@
 #include "model/device_parameters.h"
 #include "model/gpt.h"
 #include "model/gpt_cuda.h"
+#include "model/parameter_source.h"
 
 namespace dilatron {
 namespace {
@@ -85,8 +86,8 @@ void check_against_cpu(const Case& c, double loss_tol, double logits_tol, double
   cudaStream_t stream;
   DILATRON_CUDA_CHECK(cudaStreamCreate(&stream));
   DeviceParameters params(s);
-  DILATRON_CUDA_CHECK(
-      cudaMemcpy(params.params(), cpu.params(), cpu.num_params() * sizeof(float), cudaMemcpyHostToDevice));
+  DILATRON_CUDA_CHECK(cudaMemcpy(params.params_for_update(), cpu.params(), cpu.num_params() * sizeof(float),
+                                 cudaMemcpyHostToDevice));
   std::unique_ptr<DeviceSequenceAttention<T>> gpu_attention;
   if (!c.dilated.empty())
     gpu_attention = make_dilated_attention_cuda<T>(spec, c.B, T_, s.n_heads, s.d_model / s.n_heads);
@@ -154,7 +155,8 @@ TEST_CASE("the training step allocates no device memory after the first") {
   DeviceParameters params(s);
   std::vector<float> init(params.num_params());
   gpt_init_params(s, 5, init.data());
-  DILATRON_CUDA_CHECK(cudaMemcpy(params.params(), init.data(), init.size() * sizeof(float), cudaMemcpyHostToDevice));
+  DILATRON_CUDA_CHECK(
+      cudaMemcpy(params.params_for_update(), init.data(), init.size() * sizeof(float), cudaMemcpyHostToDevice));
   GptCuda<bf16> model(s, B, params, nullptr, stream);
   model.forward_backward(tokens.data(), targets.data(), B, s.seq_len, 0, 1.0 / N);
   size_t free_before = 0, free_after = 0, total = 0;
@@ -162,6 +164,56 @@ TEST_CASE("the training step allocates no device memory after the first") {
   for (int i = 0; i < 3; ++i) model.forward_backward(tokens.data(), targets.data(), B, s.seq_len, 0, 1.0 / N);
   DILATRON_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));
   CHECK(free_after == free_before);
+  DILATRON_CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+// The same parameters without a version, as a ZeRO-3 source hands them out: the model then makes
+// its bf16 copies at every acquire.
+class UnversionedSource final : public ParameterSource<float> {
+ public:
+  explicit UnversionedSource(DeviceParameters& params) : params_(params) {}
+  const float* acquire(int group) override { return params_.acquire(group); }
+  void release(int group) override { params_.release(group); }
+  float* acquire_gradients(int group) override { return params_.acquire_gradients(group); }
+  void gradients_done(int group) override { params_.gradients_done(group); }
+
+ private:
+  DeviceParameters& params_;
+};
+
+TEST_CASE("the bf16 copies kept across micro-batches follow every parameter update") {
+  GptShape s{2, 64, 4, 100, 64, 0, PositionKind::rotary, NormKind::layernorm};
+  const int B = 2;
+  const int64_t N = static_cast<int64_t>(B) * s.seq_len;
+  std::vector<int32_t> tokens(N), targets(N);
+  random_tokens(tokens, s.vocab_size, 3);
+  random_tokens(targets, s.vocab_size, 4);
+  cudaStream_t stream;
+  DILATRON_CUDA_CHECK(cudaStreamCreate(&stream));
+  DeviceParameters params(s);
+  UnversionedSource unversioned(params);
+  GptCuda<bf16> kept(s, B, params, nullptr, stream), remade(s, B, unversioned, nullptr, stream);
+  // 2 bytes per parameter: every group's copy instead of two groups'.
+  CHECK(kept.activation_bytes() > remade.activation_bytes());
+  std::vector<float> values(params.num_params());
+  std::vector<double> losses;
+  for (uint64_t seed : {5, 6, 7}) {
+    gpt_init_params(s, seed, values.data());
+    // Queued on the model's stream, as the optimizer step is.
+    DILATRON_CUDA_CHECK(cudaMemcpyAsync(params.params_for_update(), values.data(), values.size() * sizeof(float),
+                                        cudaMemcpyHostToDevice, stream));
+    // The first pass after the update converts again, the second reuses its copies.
+    for (int pass = 0; pass < 2; ++pass) {
+      const double want = remade.forward(tokens.data(), targets.data(), B, s.seq_len);
+      const double got = kept.forward(tokens.data(), targets.data(), B, s.seq_len);
+      INFO("seed ", seed, " pass ", pass);
+      CHECK(got == want);
+      losses.push_back(got);
+    }
+  }
+  // Each update changed the loss, so a stale copy could not have passed.
+  CHECK(losses[0] != losses[2]);
+  CHECK(losses[2] != losses[4]);
   DILATRON_CUDA_CHECK(cudaStreamDestroy(stream));
 }
 

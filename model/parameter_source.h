@@ -7,6 +7,8 @@
 // the group's first parameter (offset - first offset of the group).
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "core/check.h"
@@ -49,6 +51,13 @@ class ParameterSource {
 
   // Hint: groups the model will acquire next, in order (for prefetching). May be ignored.
   virtual void will_acquire(int group) { (void)group; }
+
+  // For a model that keeps what it derives from the parameters (the GPU model's bf16 copies): a
+  // number that changes whenever the parameters acquire() hands out may have changed. While it
+  // stays the same, acquire(g) hands out the same buffer with the same contents. nullopt (the
+  // default) promises nothing, as for a source that gathers every group afresh (ZeRO-3), so
+  // nothing may be kept. Whether a source gives a version never changes.
+  virtual std::optional<uint64_t> parameters_version() const { return std::nullopt; }
 };
 
 }  // namespace dilatron

@@ -2,6 +2,8 @@
 // device memory on every rank (model/device_parameters.h is the model's ParameterSource);
 // gradients are all-reduced by the device communicator, the norm, clipping and AdamW run on the
 // device. Rank 0 alone contributes to checkpoints (through host copies), every rank reads back.
+// Every write to the parameters (init, restore, AdamW) takes params_for_update(), on the model's
+// stream: that is what tells the GPU model to round its kept bf16 copies again.
 // The GPU twin of replicated_state.cc.
 #ifdef DILATRON_CUDA
 #include <fmt/core.h>
@@ -54,7 +56,7 @@ class DeviceReplicatedState final : public TrainingState {
   void init_parameters(uint64_t seed) override {
     std::vector<float> host(static_cast<size_t>(n()));
     gpt_init_params(shape_, seed, host.data());
-    to_device(params_.params(), host, stream_);
+    to_device(params_.params_for_update(), host, stream_);
   }
   void zero_gradients() override {
     DILATRON_CUDA_CHECK(cudaMemsetAsync(params_.grads(), 0, n() * sizeof(float), stream_));
@@ -67,8 +69,8 @@ class DeviceReplicatedState final : public TrainingState {
   void adamw_step(const OptimizerConfig& o, float lr, int64_t step) override {
     const AdamWStep s{lr, static_cast<float>(o.beta1), static_cast<float>(o.beta2), static_cast<float>(o.eps),
                       static_cast<float>(o.weight_decay), step};
-    adamw_update_segments_cuda(params_.params(), params_.grads(), adam_m_.data<float>(), adam_v_.data<float>(),
-                               adamw_segments_, s, stream_);
+    adamw_update_segments_cuda(params_.params_for_update(), params_.grads(), adam_m_.data<float>(),
+                               adam_v_.data<float>(), adamw_segments_, s, stream_);
   }
 
   std::vector<OwnedSlice> checkpoint_slices(std::vector<std::vector<float>>& copies) override {
@@ -82,7 +84,7 @@ class DeviceReplicatedState final : public TrainingState {
   }
   void restore(const ShardedCheckpoint& checkpoint) override {
     std::vector<float> host(static_cast<size_t>(n()));
-    for (auto [kind, device] : {std::pair<const char*, float*>{"params", params_.params()},
+    for (auto [kind, device] : {std::pair<const char*, float*>{"params", params_.params_for_update()},
                                 {"adam_m", adam_m_.data<float>()},
                                 {"adam_v", adam_v_.data<float>()}}) {
       checkpoint.read(kind, 0, n(), host.data());
