@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 
 #include "attention/dilated_spec.h"
 #include "core/check.h"
@@ -54,6 +55,18 @@ class ByteCarver {
 };
 
 constexpr int64_t kLogitsChunkBytes = int64_t{1} << 30;
+
+// A pass's summed token loss: in double, in token order, so it is the same number however the
+// host gets the losses (forward's synchronous read, or a queued pass's slot).
+double sum_in_order(const float* losses, int64_t n) {
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) total += losses[i];
+  return total;
+}
+
+void collect_profile() {
+  if (OpProfiler& profiler = OpProfiler::instance(); profiler.enabled()) profiler.collect();
+}
 
 }  // namespace
 
@@ -164,10 +177,23 @@ GptCuda<T>::GptCuda(const GptShape& shape, int max_batch, ParameterSource<float>
   DILATRON_CUDA_CHECK(cudaMemset(arena_.raw(), 0xff, static_cast<size_t>(arena_bytes_)));
   // tokens, targets, losses, token buckets (at most 3 N + 1)
   host_io_.reserve(static_cast<size_t>(6 * N + 1) * sizeof(int32_t));
+  queued_losses_.reserve(static_cast<size_t>(2 * N) * sizeof(float));
+  for (int i = 0; i < 2; ++i) {
+    loss_slots_[i].host = queued_losses_.as<float>() + i * N;
+    DILATRON_CUDA_CHECK(cudaEventCreateWithFlags(&loss_slots_[i].copied, cudaEventDisableTiming));
+  }
+  DILATRON_CUDA_CHECK(cudaEventCreateWithFlags(&inputs_copied_, cudaEventDisableTiming));
 }
 
 template <typename T>
-GptCuda<T>::~GptCuda() = default;
+GptCuda<T>::~GptCuda() {
+  // Queued copies may still use the pinned buffers freed after this body: wait for the events
+  // after them (not for the stream, which may be gone already). A destructor cannot throw.
+  for (cudaEvent_t event : {loss_slots_[0].copied, loss_slots_[1].copied, inputs_copied_}) {
+    cudaEventSynchronize(event);
+    cudaEventDestroy(event);
+  }
+}
 
 template <typename T>
 void GptCuda<T>::zero(void* p, int64_t bytes) {
@@ -328,8 +354,12 @@ void GptCuda<T>::trunk_forward(const int32_t* tokens, const int32_t* targets, in
   const int64_t N = static_cast<int64_t>(B) * Tc;
   const int C = shape_.d_model, V = shape_.vocab_size, L = shape_.n_layers;
 
-  // Inputs go through pinned memory so the copies are truly asynchronous; the stream is idle
-  // here (the last call synchronised it), so the staging buffer is free.
+  // The embedding backward's token buckets, built here where the tokens are (checks them too).
+  num_buckets_ = token_buckets(tokens, N, V, bucket_layout_);
+  // Inputs go through pinned memory so the copies are truly asynchronous. A queued pass may not
+  // have copied its inputs out of the staging buffer yet: wait for those copies, the first work of
+  // that pass, not for the pass. This keeps the host at most one pass ahead of the GPU.
+  DILATRON_CUDA_CHECK(cudaEventSynchronize(inputs_copied_));
   int32_t* staged = host_io_.as<int32_t>();
   std::copy_n(tokens, N, staged);
   if (has_targets_) std::copy_n(targets, N, staged + N);
@@ -337,11 +367,10 @@ void GptCuda<T>::trunk_forward(const int32_t* tokens, const int32_t* targets, in
   if (has_targets_)
     DILATRON_CUDA_CHECK(
         cudaMemcpyAsync(targets_, staged + N, N * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
-  // The embedding backward's token buckets, built here where the tokens are (checks them too).
-  num_buckets_ = token_buckets(tokens, N, V, bucket_layout_);
   std::copy(bucket_layout_.begin(), bucket_layout_.end(), staged + 3 * N);
   DILATRON_CUDA_CHECK(cudaMemcpyAsync(buckets_, staged + 3 * N, bucket_layout_.size() * sizeof(int32_t),
                                       cudaMemcpyHostToDevice, stream_));
+  DILATRON_CUDA_CHECK(cudaEventRecord(inputs_copied_, stream_));
 
   const float* embeddings = source_.acquire(0);
   const T* emb = compute_copy(embeddings, 0);
@@ -364,7 +393,7 @@ void GptCuda<T>::trunk_forward(const int32_t* tokens, const int32_t* targets, in
 }
 
 template <typename T>
-double GptCuda<T>::head(const T* wte, float* dwte, double dloss_weight) {
+void GptCuda<T>::head(const T* wte, float* dwte, double dloss_weight) {
   const int64_t N = static_cast<int64_t>(B_) * Tc_;
   const int C = shape_.d_model, V = shape_.vocab_size;
   for (int64_t r0 = 0; r0 < N; r0 += chunk_rows_) {
@@ -388,7 +417,6 @@ double GptCuda<T>::head(const T* wte, float* dwte, double dloss_weight) {
     matmul_backward(d_norm_ + r0 * C, dwte, nullptr, logits_, lnf_ + r0 * C, wte, n, C, V, matmul_, stream_);
   }
   logits_whole_ = dwte == nullptr && N <= chunk_rows_;
-  return has_targets_ ? sum_losses() : 0.0;
 }
 
 template <typename T>
@@ -397,10 +425,40 @@ double GptCuda<T>::sum_losses() {
   float* staged = host_io_.as<float>() + 2 * N;
   DILATRON_CUDA_CHECK(cudaMemcpyAsync(staged, losses_, N * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   DILATRON_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  if (OpProfiler& profiler = OpProfiler::instance(); profiler.enabled()) profiler.collect();
-  double total = 0;
-  for (int64_t i = 0; i < N; ++i) total += staged[i];
-  return total;
+  collect_profile();
+  return sum_in_order(staged, N);
+}
+
+template <typename T>
+void GptCuda<T>::queue_losses() {
+  LossSlot& slot = loss_slots_[next_slot_];
+  next_slot_ = 1 - next_slot_;
+  // The slot holds the loss of the pass two back, long copied: the host never runs more than one
+  // pass ahead (trunk_forward), so this does not wait.
+  fold(slot);
+  slot.rows = static_cast<int64_t>(B_) * Tc_;
+  DILATRON_CUDA_CHECK(
+      cudaMemcpyAsync(slot.host, losses_, slot.rows * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  DILATRON_CUDA_CHECK(cudaEventRecord(slot.copied, stream_));
+}
+
+template <typename T>
+void GptCuda<T>::fold(LossSlot& slot) {
+  if (slot.rows == 0) return;
+  DILATRON_CUDA_CHECK(cudaEventSynchronize(slot.copied));
+  queued_loss_ += sum_in_order(slot.host, slot.rows);
+  slot.rows = 0;
+}
+
+template <typename T>
+double GptCuda<T>::take_queued_loss() {
+  // Oldest first: the slot written next holds the older pass.
+  fold(loss_slots_[next_slot_]);
+  fold(loss_slots_[1 - next_slot_]);
+  // With profiling on, this waits for all queued work (collect needs its events completed).
+  collect_profile();
+  queued_passes_ = 0;
+  return std::exchange(queued_loss_, 0.0);
 }
 
 template <typename T>
@@ -410,15 +468,25 @@ double GptCuda<T>::forward(const int32_t* tokens, const int32_t* targets, int B,
   source_.will_acquire(0);
   trunk_forward(tokens, targets, B, Tc, pos0);
   const T* emb = compute_copy(source_.acquire(0), 0);
-  const double loss = head(emb + offsets_.wte, nullptr, 0.0);
+  head(emb + offsets_.wte, nullptr, 0.0);
   source_.release(0);
-  if (!has_targets_) DILATRON_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  return loss;
+  if (has_targets_) return sum_losses();
+  DILATRON_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return 0.0;
 }
 
 template <typename T>
 double GptCuda<T>::forward_backward(const int32_t* tokens, const int32_t* targets, int B, int Tc, int pos0,
                                     double dloss_weight) {
+  DILATRON_CHECK(queued_passes_ == 0, "forward_backward with {} queued passes whose loss was not taken",
+                 queued_passes_);
+  queue_forward_backward(tokens, targets, B, Tc, pos0, dloss_weight);
+  return take_queued_loss();
+}
+
+template <typename T>
+void GptCuda<T>::queue_forward_backward(const int32_t* tokens, const int32_t* targets, int B, int Tc, int pos0,
+                                        double dloss_weight) {
   DILATRON_CHECK(targets != nullptr, "forward_backward needs targets");
   const int L = shape_.n_layers, C = shape_.d_model;
   source_.will_acquire(0);
@@ -431,7 +499,7 @@ double GptCuda<T>::forward_backward(const int32_t* tokens, const int32_t* target
   // Group 0 serves the LM head now and the embedding at the end: held across the whole pass.
   const T* emb = compute_copy(source_.acquire(0), 0);
   float* d_emb = source_.acquire_gradients(0);
-  const double loss = head(emb + offsets_.wte, d_emb + offsets_.wte, dloss_weight);  // d_norm_ := d lnf
+  head(emb + offsets_.wte, d_emb + offsets_.wte, dloss_weight);  // d_norm_ := d lnf
   {
     const float* final_norm_master = source_.acquire(L + 1);
     const T* final_norm = compute_copy(final_norm_master, L + 1);
@@ -459,7 +527,8 @@ double GptCuda<T>::forward_backward(const int32_t* tokens, const int32_t* target
   }
   source_.gradients_done(0);
   source_.release(0);
-  return loss;
+  queue_losses();
+  ++queued_passes_;
 }
 
 template <typename T>

@@ -18,7 +18,8 @@
 // the compute copies (of every group, 2 bytes per parameter, from a versioned source; else of
 // two groups) and the chunked logits. The step itself never allocates.
 // Everything is queued on one stream; forward and forward_backward synchronise it once, to
-// return the loss.
+// return the loss. Training queues its passes (queue_forward_backward) and takes their losses
+// once per optimizer step, so the GPU does not idle while the host queues the next pass.
 #pragma once
 
 #ifdef DILATRON_CUDA
@@ -66,8 +67,18 @@ class GptCuda {
   // loss over targets >= 0. Keeps the logits only when they fit one chunk (see logits()).
   double forward(const int32_t* tokens, const int32_t* targets, int B, int Tc, int pos0 = 0);
   // forward, then gradients += d(dloss_weight x summed loss) / d params through the source.
+  // queue_forward_backward then take_queued_loss, with no other pass queued.
   double forward_backward(const int32_t* tokens, const int32_t* targets, int B, int Tc, int pos0,
                           double dloss_weight);
+  // forward_backward without waiting for the GPU: queues the pass and the copy of its token losses
+  // to pinned host memory. The host gets at most one pass ahead: queuing a pass waits for the
+  // previous pass's input copies, the first work of that pass.
+  void queue_forward_backward(const int32_t* tokens, const int32_t* targets, int B, int Tc, int pos0,
+                              double dloss_weight);
+  // The summed token losses of the passes queued since the last call, each summed as
+  // forward_backward sums its own and added up in queue order (so bit-identical to adding up
+  // forward_backward's results). Waits for the last pass.
+  double take_queued_loss();
 
   // Host copy (B, Tc, V) of the last forward's logits; throws unless they were one chunk.
   std::vector<float> logits() const;
@@ -103,10 +114,20 @@ class GptCuda {
   void block_backward(int layer, const T* weights, float* grads, const BlockActivations& a, const T* x_in);
   // Everything up to the final norm's output lnf_; B_, Tc_, pos0_ set.
   void trunk_forward(const int32_t* tokens, const int32_t* targets, int B, int Tc, int pos0);
-  // The LM head and loss in chunks; with dloss_weight, also dlogits and the head backward into
-  // d_norm_ (d lnf) and the wte gradient.
-  double head(const T* wte, float* dwte, double dloss_weight);
+  // The LM head and the token losses losses_ in chunks; with dwte, also dlogits and the head
+  // backward into d_norm_ (d lnf) and the wte gradient.
+  void head(const T* wte, float* dwte, double dloss_weight);
+  // The summed token loss of the pass just queued, waiting for the stream.
   double sum_losses();
+  // A queued pass's token losses on their way to the host: the copy into a slot, and the slot's
+  // summed loss added to queued_loss_ once the copy is done.
+  struct LossSlot {
+    float* host = nullptr;  // (N) in queued_losses_
+    cudaEvent_t copied = nullptr;
+    int64_t rows = 0;  // 0: nothing to add
+  };
+  void queue_losses();
+  void fold(LossSlot& slot);
   void zero(void* p, int64_t bytes);
 
   GptShape shape_;
@@ -141,6 +162,13 @@ class GptCuda {
   int32_t num_buckets_ = 0;
   std::vector<int32_t> bucket_layout_;
   PinnedHostBuffer host_io_;    // tokens, targets and buckets on their way in, losses on their way out
+  cudaEvent_t inputs_copied_ = nullptr;  // after the last pass's copies out of host_io_
+  // Queued passes' losses: two slots used in turn (a slot's pass is two back when it is reused).
+  PinnedHostBuffer queued_losses_;
+  LossSlot loss_slots_[2];
+  int next_slot_ = 0;
+  double queued_loss_ = 0;
+  int queued_passes_ = 0;
 
   int B_ = 0, Tc_ = 0, pos0_ = 0;
   bool has_targets_ = false, logits_whole_ = false;

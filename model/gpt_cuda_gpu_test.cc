@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -214,6 +215,48 @@ TEST_CASE("the bf16 copies kept across micro-batches follow every parameter upda
   // Each update changed the loss, so a stale copy could not have passed.
   CHECK(losses[0] != losses[2]);
   CHECK(losses[2] != losses[4]);
+  DILATRON_CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+TEST_CASE("queued passes give the losses and gradients of forward_backward, their losses taken once") {
+  GptShape s{2, 64, 4, 100, 64, 0, PositionKind::learned, NormKind::layernorm};
+  const int B = 2, kPasses = 5;  // the two loss slots are each reused
+  const int64_t N = static_cast<int64_t>(B) * s.seq_len;
+  std::vector<std::vector<int32_t>> tokens(kPasses, std::vector<int32_t>(N)), targets = tokens;
+  for (int p = 0; p < kPasses; ++p) {
+    random_tokens(tokens[p], s.vocab_size, 10 + p);
+    random_tokens(targets[p], s.vocab_size, 20 + p);
+    targets[p][p] = -1;
+  }
+  cudaStream_t stream;
+  DILATRON_CUDA_CHECK(cudaStreamCreate(&stream));
+  DeviceParameters params(s);
+  std::vector<float> init(params.num_params());
+  gpt_init_params(s, 9, init.data());
+  DILATRON_CUDA_CHECK(
+      cudaMemcpy(params.params_for_update(), init.data(), init.size() * sizeof(float), cudaMemcpyHostToDevice));
+  GptCuda<bf16> model(s, B, params, nullptr, stream);
+  auto zero_grads = [&] {
+    DILATRON_CUDA_CHECK(cudaMemsetAsync(params.grads(), 0, params.num_params() * sizeof(float), stream));
+  };
+
+  // Each pass waited for, its loss added up as the training loop used to.
+  zero_grads();
+  double want = 0;
+  for (int p = 0; p < kPasses; ++p)
+    want += model.forward_backward(tokens[p].data(), targets[p].data(), B, s.seq_len, 0, 1.0 / N);
+  const std::vector<float> want_grads = download(params.grads(), params.num_params());
+
+  // Queued back to back (the host reuses its staging buffers while the GPU is behind).
+  zero_grads();
+  for (int p = 0; p < kPasses; ++p)
+    model.queue_forward_backward(tokens[p].data(), targets[p].data(), B, s.seq_len, 0, 1.0 / N);
+  const double got = model.take_queued_loss();
+  const std::vector<float> got_grads = download(params.grads(), params.num_params());
+  std::printf("queued passes: loss %.17g, one at a time %.17g\n", got, want);
+  CHECK(got == want);
+  CHECK(std::memcmp(got_grads.data(), want_grads.data(), want_grads.size() * sizeof(float)) == 0);
+  CHECK(model.take_queued_loss() == 0.0);  // taken: nothing left
   DILATRON_CUDA_CHECK(cudaStreamDestroy(stream));
 }
 

@@ -1,5 +1,7 @@
 #include "trainer/step_model.h"
 
+#include <utility>
+
 #include "core/check.h"
 #include "trainer/attention_from_config.h"
 #include "trainer/step_model_cuda.h"
@@ -16,12 +18,12 @@ class CpuStepModel final : public StepModel {
     state.attach(model_);
   }
 
-  double train_micro_batch(const int32_t* inputs, const int32_t* targets, int rows, int Tc, int pos0,
-                           double weight) override {
-    const double loss = model_.forward(inputs, targets, rows, Tc, pos0);
+  void train_micro_batch(const int32_t* inputs, const int32_t* targets, int rows, int Tc, int pos0,
+                         double weight) override {
+    train_loss_ += model_.forward(inputs, targets, rows, Tc, pos0);
     model_.backward(weight);
-    return loss;
   }
+  double take_train_loss() override { return std::exchange(train_loss_, 0.0); }
   double loss(const int32_t* inputs, const int32_t* targets, int rows, int Tc, int pos0) override {
     return model_.forward(inputs, targets, rows, Tc, pos0);
   }
@@ -30,6 +32,7 @@ class CpuStepModel final : public StepModel {
  private:
   std::unique_ptr<SequenceAttention<float>> attention_;
   Gpt<float> model_;
+  double train_loss_ = 0;
 };
 
 }  // namespace

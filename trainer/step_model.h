@@ -19,9 +19,14 @@ class StepModel {
   virtual ~StepModel() = default;
 
   // inputs, targets: host (rows, Tc) tokens of this rank's chunk starting at position pos0.
-  // Returns the summed token loss; gradients += d(weight x summed loss) / d params.
-  virtual double train_micro_batch(const int32_t* inputs, const int32_t* targets, int rows, int Tc, int pos0,
-                                   double weight) = 0;
+  // gradients += d(weight x summed loss) / d params; the summed token loss is kept for
+  // take_train_loss. The GPU model only queues the work.
+  virtual void train_micro_batch(const int32_t* inputs, const int32_t* targets, int rows, int Tc, int pos0,
+                                 double weight) = 0;
+  // The summed token losses of the micro-batches trained since the last call, added up in their
+  // order. The GPU model waits for them here, once per optimizer step, instead of synchronising
+  // its stream between every micro-batch's forward and backward.
+  virtual double take_train_loss() = 0;
   // The summed token loss only (validation).
   virtual double loss(const int32_t* inputs, const int32_t* targets, int rows, int Tc, int pos0) = 0;
   // Activation memory of one micro-batch, for the start-of-run memory line.

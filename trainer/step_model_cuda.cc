@@ -34,10 +34,11 @@ class CudaStepModel final : public StepModel {
       : attention_(device_attention_for(config, shape, max_batch, groups, device)),
         model_(shape, max_batch, *state.parameter_source(), attention_.get(), device.stream()) {}
 
-  double train_micro_batch(const int32_t* inputs, const int32_t* targets, int rows, int Tc, int pos0,
-                           double weight) override {
-    return model_.forward_backward(inputs, targets, rows, Tc, pos0, weight);
+  void train_micro_batch(const int32_t* inputs, const int32_t* targets, int rows, int Tc, int pos0,
+                         double weight) override {
+    model_.queue_forward_backward(inputs, targets, rows, Tc, pos0, weight);
   }
+  double take_train_loss() override { return model_.take_queued_loss(); }
   double loss(const int32_t* inputs, const int32_t* targets, int rows, int Tc, int pos0) override {
     return model_.forward(inputs, targets, rows, Tc, pos0);
   }

@@ -158,17 +158,17 @@ TrainSummary run_training(const Config& c, const TrainOptions& options, ProcessG
   while (step < last_step) {
     auto start = std::chrono::steady_clock::now();
     state->zero_gradients();
-    double loss_sum = 0;
     // Every token of the global batch weighs 1/(batch*T) in the loss, however it is split.
     const double token_weight = 1.0 / static_cast<double>(tokens_per_step);
     for (int64_t m = 0; m * layout.micro < layout.per_rank; ++m) {
       int64_t rows = fill_train_micro_batch(data, layout, c.seed, step, m, inputs, targets);
-      loss_sum += model->train_micro_batch(inputs.data(), targets.data(), static_cast<int>(rows),
-                                           static_cast<int>(layout.chunk_len), static_cast<int>(layout.chunk_begin),
-                                           token_weight);
+      model->train_micro_batch(inputs.data(), targets.data(), static_cast<int>(rows),
+                               static_cast<int>(layout.chunk_len), static_cast<int>(layout.chunk_begin),
+                               token_weight);
     }
     state->reduce_gradients();
-    const double loss = world_sum(world, loss_sum) * token_weight;
+    // Taken once the reduction is queued: the GPU model's host waits here, not per micro-batch.
+    const double loss = world_sum(world, model->take_train_loss()) * token_weight;
     DILATRON_CHECK(std::isfinite(loss), "training loss is {} at step {}: lower optimizer.lr or check the data", loss, step);
 
     const double grad_norm = std::sqrt(state->gradient_sum_of_squares());
