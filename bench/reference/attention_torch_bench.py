@@ -8,21 +8,8 @@ configs/gpt2-124m-1k.yaml) and the 32k config's head_groups dilated attention th
 import torch
 import torch.nn.functional as F
 
+from cuda_timing import median_ms
 from dilated_torch import dilated_attention_head_groups, head_group_sizes
-
-
-def median_ms(fn, reps=20):
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
 
 
 def dense(q, k, v):

@@ -3,25 +3,12 @@
 and backward (dinp, dweight, dbias), N=8192, IC=768, OC=3072, median of 20 after warm-up."""
 import torch
 
+from cuda_timing import median_ms
+
 N, IC, OC = 8192, 768, 3072
 x = torch.randn(N, IC, device="cuda", dtype=torch.bfloat16, requires_grad=True)
 lin = torch.nn.Linear(IC, OC, device="cuda", dtype=torch.bfloat16)
 dy = torch.randn(N, OC, device="cuda", dtype=torch.bfloat16)
-
-
-def median_ms(fn, reps=20):
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
-
 
 fwd = median_ms(lambda: lin(x))
 y = lin(x)
