@@ -16,6 +16,7 @@
 
 #include "attention/block_attention_cuda.h"
 #include "attention/block_attention_mma.cuh"
+#include "core/device_type.h"
 
 namespace dilatron {
 namespace {
@@ -26,24 +27,12 @@ using block_attention_device::sees;
 using block_attention_device::store_float;
 namespace mma = block_attention_device::mma;
 
-static_assert(sizeof(bf16) == sizeof(__nv_bfloat16), "bf16 and __nv_bfloat16 share one layout");
-
 constexpr int kTile = block_attention_device::kTileRows;
 constexpr int kSide = 16;                 // threads per tile side
 constexpr int kThreads = kSide * kSide;   // 256
 constexpr int kPer = kTile / kSide;       // tile rows (and columns) per thread
 constexpr int kScoreRow = kTile + 1;      // padded row of a 64 x 64 score tile
 constexpr int kMaxGridY = 65535;
-
-// The device type behind a storage type.
-template <typename T>
-struct DeviceType {
-  using type = T;
-};
-template <>
-struct DeviceType<bf16> {
-  using type = __nv_bfloat16;
-};
 
 // Sum / max over the 16 lanes of a half-warp (one tile row).
 __device__ __forceinline__ float row_sum(float x) {
@@ -448,18 +437,6 @@ cudaError_t launch_tiles(Kernel kernel, dim3 grid, int threads, int smem_bytes, 
 // Bytes of the fp32 kernels' shared memory.
 constexpr int bytes(int floats) { return floats * static_cast<int>(sizeof(float)); }
 
-template <typename T>
-using Dev = typename DeviceType<T>::type;
-
-template <typename T>
-const Dev<T>* dev(const T* p) {
-  return reinterpret_cast<const Dev<T>*>(p);
-}
-template <typename T>
-Dev<T>* dev(T* p) {
-  return reinterpret_cast<Dev<T>*>(p);
-}
-
 }  // namespace
 
 template <typename T, typename O>
@@ -474,14 +451,14 @@ cudaError_t launch_block_attention_forward(O* out, float* lse, const T* q, const
   if constexpr (std::is_same_v<T, bf16>) {
     if (tensor_core_head_dim(batch.D)) {
       return with_tensor_core_head_dim(batch.D, [&]<int D>() {
-        return launch_tiles(mma::forward_kernel<D, Dev<O>>, grid, mma::kThreads, mma::forward_smem_bytes<D>(), stream,
-                            dev(out), lse, dev(q), dev(k), dev(v), batch.tasks, batch.scale, causal, out_scale, merge);
+        return launch_tiles(mma::forward_kernel<D, device_type_t<O>>, grid, mma::kThreads, mma::forward_smem_bytes<D>(), stream,
+                            device_ptr(out), lse, device_ptr(q), device_ptr(k), device_ptr(v), batch.tasks, batch.scale, causal, out_scale, merge);
       });
     }
   }
   return with_head_dim(batch.D, [&]<int DMAX>() {
-    return launch_tiles(forward_kernel<DMAX, Dev<T>, Dev<O>>, grid, kThreads, bytes(forward_smem(DMAX)), stream,
-                        dev(out), lse, dev(q), dev(k), dev(v), batch.tasks, batch.D, batch.scale, causal, out_scale,
+    return launch_tiles(forward_kernel<DMAX, device_type_t<T>, device_type_t<O>>, grid, kThreads, bytes(forward_smem(DMAX)), stream,
+                        device_ptr(out), lse, device_ptr(q), device_ptr(k), device_ptr(v), batch.tasks, batch.D, batch.scale, causal, out_scale,
                         merge);
   });
 }
@@ -499,15 +476,15 @@ cudaError_t launch_block_attention_backward_dkdv(O* dk, O* dv, const T* dout, co
   if constexpr (std::is_same_v<T, bf16>) {
     if (tensor_core_head_dim(batch.D)) {
       return with_tensor_core_head_dim(batch.D, [&]<int D>() {
-        return launch_tiles(mma::dkdv_kernel<D, Dev<O>>, grid, mma::kThreads, mma::dkdv_smem_bytes<D>(), stream,
-                            dev(dk), dev(dv), dev(dout), delta, lse, dev(q), dev(k), dev(v), batch.tasks, batch.scale,
+        return launch_tiles(mma::dkdv_kernel<D, device_type_t<O>>, grid, mma::kThreads, mma::dkdv_smem_bytes<D>(), stream,
+                            device_ptr(dk), device_ptr(dv), device_ptr(dout), delta, lse, device_ptr(q), device_ptr(k), device_ptr(v), batch.tasks, batch.scale,
                             causal, dout_scale, accumulate);
       });
     }
   }
   return with_head_dim(batch.D, [&]<int DMAX>() {
-    return launch_tiles(dkdv_kernel<DMAX, Dev<T>, Dev<O>>, grid, kThreads, bytes(dkdv_smem(DMAX)), stream, dev(dk),
-                        dev(dv), dev(dout), delta, lse, dev(q), dev(k), dev(v), batch.tasks, batch.D, batch.scale,
+    return launch_tiles(dkdv_kernel<DMAX, device_type_t<T>, device_type_t<O>>, grid, kThreads, bytes(dkdv_smem(DMAX)), stream, device_ptr(dk),
+                        device_ptr(dv), device_ptr(dout), delta, lse, device_ptr(q), device_ptr(k), device_ptr(v), batch.tasks, batch.D, batch.scale,
                         causal, dout_scale, accumulate);
   });
 }
@@ -524,15 +501,15 @@ cudaError_t launch_block_attention_backward_dq(O* dq, const T* dout, const float
   if constexpr (std::is_same_v<T, bf16>) {
     if (tensor_core_head_dim(batch.D)) {
       return with_tensor_core_head_dim(batch.D, [&]<int D>() {
-        return launch_tiles(mma::dq_kernel<D, Dev<O>>, grid, mma::kThreads, mma::dq_smem_bytes<D>(), stream, dev(dq),
-                            dev(dout), delta, lse, dev(q), dev(k), dev(v), batch.tasks, batch.scale, causal, dout_scale,
+        return launch_tiles(mma::dq_kernel<D, device_type_t<O>>, grid, mma::kThreads, mma::dq_smem_bytes<D>(), stream, device_ptr(dq),
+                            device_ptr(dout), delta, lse, device_ptr(q), device_ptr(k), device_ptr(v), batch.tasks, batch.scale, causal, dout_scale,
                             accumulate);
       });
     }
   }
   return with_head_dim(batch.D, [&]<int DMAX>() {
-    return launch_tiles(dq_kernel<DMAX, Dev<T>, Dev<O>>, grid, kThreads, bytes(dq_smem(DMAX)), stream, dev(dq),
-                        dev(dout), delta, lse, dev(q), dev(k), dev(v), batch.tasks, batch.D, batch.scale, causal,
+    return launch_tiles(dq_kernel<DMAX, device_type_t<T>, device_type_t<O>>, grid, kThreads, bytes(dq_smem(DMAX)), stream, device_ptr(dq),
+                        device_ptr(dout), delta, lse, device_ptr(q), device_ptr(k), device_ptr(v), batch.tasks, batch.D, batch.scale, causal,
                         dout_scale, accumulate);
   });
 }
@@ -542,7 +519,7 @@ cudaError_t launch_attention_row_delta(float* delta, const T* dout, const T* out
                                        cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(B) * n * H;
   if (rows == 0) return cudaSuccess;
-  row_delta_kernel<<<elementwise_blocks(rows * 32), kThreads, 0, stream>>>(delta, dev(dout), dev(out), rows, n, H,
+  row_delta_kernel<<<elementwise_blocks(rows * 32), kThreads, 0, stream>>>(delta, device_ptr(dout), device_ptr(out), rows, n, H,
                                                                            D);
   return cudaGetLastError();
 }
@@ -556,7 +533,7 @@ cudaError_t launch_fill(float* x, float value, int64_t count, cudaStream_t strea
 template <typename T>
 cudaError_t launch_convert_from_float(T* out, const float* in, int64_t count, cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
-  convert_kernel<<<elementwise_blocks(count), kThreads, 0, stream>>>(dev(out), in, count);
+  convert_kernel<<<elementwise_blocks(count), kThreads, 0, stream>>>(device_ptr(out), in, count);
   return cudaGetLastError();
 }
 

@@ -4,11 +4,10 @@
 
 #include "attention/ring_pack.h"
 #include "core/bf16.h"
+#include "core/device_type.h"
 
 namespace dilatron {
 namespace {
-
-static_assert(sizeof(bf16) == sizeof(__nv_bfloat16), "bf16 and __nv_bfloat16 share one layout");
 
 constexpr int kThreads = 256;
 
@@ -72,16 +71,6 @@ struct Storage<bf16> {
   using type = uint16_t;
 };
 
-// The type kernels compute with.
-template <typename T>
-struct Device {
-  using type = float;
-};
-template <>
-struct Device<bf16> {
-  using type = __nv_bfloat16;
-};
-
 }  // namespace
 
 template <typename T>
@@ -115,8 +104,7 @@ cudaError_t launch_add(float* acc, const float* x, int64_t count, cudaStream_t s
 template <typename T>
 cudaError_t launch_scale_from_float(T* out, const float* in, float scale, int64_t count, cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
-  using O = typename Device<T>::type;
-  scale_from_float_kernel<<<blocks_for(count), kThreads, 0, stream>>>(reinterpret_cast<O*>(out), in, scale, count);
+  scale_from_float_kernel<<<blocks_for(count), kThreads, 0, stream>>>(device_ptr(out), in, scale, count);
   return cudaGetLastError();
 }
 

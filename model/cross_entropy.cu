@@ -16,14 +16,13 @@
 
 #include <cmath>
 
+#include "core/device_type.h"
 #include "model/cross_entropy_cuda.h"
 #include "model/cuda_math.cuh"
 #include "model/cuda_pack.cuh"
 
 namespace dilatron {
 namespace {
-
-static_assert(sizeof(bf16) == sizeof(__nv_bfloat16), "bf16 and __nv_bfloat16 share one layout");
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
@@ -241,22 +240,12 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 int blocks_for(int64_t N) { return static_cast<int>(N < kMaxBlocks ? N : kMaxBlocks); }
 
-// The device twin of an element type of the API: __nv_bfloat16 for bf16 (same layout).
-template <typename T>
-struct DeviceType {
-  using type = T;
-};
-template <>
-struct DeviceType<bf16> {
-  using type = __nv_bfloat16;
-};
-
 // 16-byte packs where every row of logits (and dlogits) starts 16-byte aligned, else one logit
 // at a time: V not a multiple of 8 bf16 / 4 fp32 (such as 50257), or an offset pointer.
 template <typename T>
 cudaError_t forward(float* losses, float* lse, const T* logits, const int32_t* targets, int64_t N, int V,
                     cudaStream_t stream) {
-  using D = typename DeviceType<T>::type;
+  using D = device_type_t<T>;
   const D* x = reinterpret_cast<const D*>(logits);
   if (gpu::rows_aligned_16(x, V))
     cross_entropy_forward_kernel<D, gpu::kPack16<D>>
@@ -269,7 +258,7 @@ cudaError_t forward(float* losses, float* lse, const T* logits, const int32_t* t
 template <typename T>
 cudaError_t backward(T* dlogits, const T* logits, const float* lse, const int32_t* targets, float dloss_weight,
                      int64_t N, int V, cudaStream_t stream) {
-  using D = typename DeviceType<T>::type;
+  using D = device_type_t<T>;
   D* dx = reinterpret_cast<D*>(dlogits);
   const D* x = reinterpret_cast<const D*>(logits);
   if (gpu::rows_aligned_16(x, V) && gpu::rows_aligned_16<D>(dx, V))
@@ -284,7 +273,7 @@ cudaError_t backward(T* dlogits, const T* logits, const float* lse, const int32_
 template <typename T>
 cudaError_t forward_backward(float* losses, float* lse, T* logits, const int32_t* targets, float dloss_weight,
                              int64_t N, int V, cudaStream_t stream) {
-  using D = typename DeviceType<T>::type;
+  using D = device_type_t<T>;
   D* x = reinterpret_cast<D*>(logits);
   if (gpu::rows_aligned_16<D>(x, V))
     cross_entropy_forward_backward_kernel<D, gpu::kPack16<D>>

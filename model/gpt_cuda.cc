@@ -10,6 +10,7 @@
 #include "attention/dilated_spec.h"
 #include "core/check.h"
 #include "core/cuda_check.h"
+#include "core/device_type.h"
 #include "core/op_profiler.h"
 #include "model/cross_entropy_cuda.h"
 #include "model/layers_cuda.h"
@@ -17,24 +18,6 @@
 namespace dilatron {
 namespace {
 
-// The layer kernels (model/layers_cuda.h) take CUDA's own bf16 type; the model, the matmuls and
-// the attention take dilatron::bf16, the same 16 bits.
-template <typename T>
-struct Kernel {
-  using type = T;
-};
-template <>
-struct Kernel<bf16> {
-  using type = __nv_bfloat16;
-};
-template <typename T>
-typename Kernel<T>::type* k(T* p) {
-  return reinterpret_cast<typename Kernel<T>::type*>(p);
-}
-template <typename T>
-const typename Kernel<T>::type* k(const T* p) {
-  return reinterpret_cast<const typename Kernel<T>::type*>(p);
-}
 
 // Hands out consecutive 256-byte-aligned pieces of a byte arena; with a null base it only counts,
 // so one carving function both sizes and fills the arena (as the CPU model's ArenaCarver).
@@ -213,7 +196,7 @@ const T* GptCuda<T>::compute_copy(const float* group, int g) {
       copy_versions_[g] = version;
     }
     DILATRON_PROFILE("convert_to_bf16", stream_);
-    convert_from_float(k(copies_[g]), group, offsets_.group_numel[g], stream_);
+    convert_from_float(device_ptr(copies_[g]), group, offsets_.group_numel[g], stream_);
     return copies_[g];
   }
 }
@@ -231,9 +214,9 @@ template <typename T>
 void GptCuda<T>::norm_forward(T* out, float* mean, float* rstd, const T* inp, const T* w, const T* b) {
   const int64_t N = static_cast<int64_t>(B_) * Tc_;
   if (shape_.norm == NormKind::layernorm)
-    layernorm_forward(k(out), mean, rstd, k(inp), k(w), k(b), N, shape_.d_model, stream_);
+    layernorm_forward(device_ptr(out), mean, rstd, device_ptr(inp), device_ptr(w), device_ptr(b), N, shape_.d_model, stream_);
   else
-    rmsnorm_forward(k(out), rstd, k(inp), k(w), N, shape_.d_model, stream_);
+    rmsnorm_forward(device_ptr(out), rstd, device_ptr(inp), device_ptr(w), N, shape_.d_model, stream_);
 }
 
 template <typename T>
@@ -241,9 +224,9 @@ void GptCuda<T>::norm_backward(T* dinp, float* dw, float* db, const T* dout, con
                                const float* mean, const float* rstd) {
   const int64_t N = static_cast<int64_t>(B_) * Tc_;
   if (shape_.norm == NormKind::layernorm)
-    layernorm_backward(k(dinp), dw, db, k(dout), k(inp), k(w), mean, rstd, N, shape_.d_model, stream_);
+    layernorm_backward(device_ptr(dinp), dw, db, device_ptr(dout), device_ptr(inp), device_ptr(w), mean, rstd, N, shape_.d_model, stream_);
   else
-    rmsnorm_backward(k(dinp), dw, k(dout), k(inp), k(w), rstd, N, shape_.d_model, stream_);
+    rmsnorm_backward(device_ptr(dinp), dw, device_ptr(dout), device_ptr(inp), device_ptr(w), rstd, N, shape_.d_model, stream_);
 }
 
 template <typename T>
@@ -263,8 +246,8 @@ void GptCuda<T>::block_forward(int layer, const T* weights, const BlockActivatio
   }
   if (shape_.position == PositionKind::rotary) {
     DILATRON_PROFILE("fwd.rotary", stream_);
-    rotary_forward(k(a.q), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
-    rotary_forward(k(a.k), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
+    rotary_forward(device_ptr(a.q), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
+    rotary_forward(device_ptr(a.k), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
   }
   {
     DILATRON_PROFILE("fwd.attention", stream_);
@@ -273,7 +256,7 @@ void GptCuda<T>::block_forward(int layer, const T* weights, const BlockActivatio
   {
     DILATRON_PROFILE("fwd.matmul.proj+residual", stream_);
     matmul_forward(a.x_mid, a.att, w.proj_w, w.proj_b, N, C, C, matmul_, stream_);
-    residual_forward(k(a.x_mid), k(x_in), N * C, stream_);
+    residual_forward(device_ptr(a.x_mid), device_ptr(x_in), N * C, stream_);
   }
   {
     DILATRON_PROFILE("fwd.norm", stream_);
@@ -287,7 +270,7 @@ void GptCuda<T>::block_forward(int layer, const T* weights, const BlockActivatio
   if (x_out != nullptr) {
     DILATRON_PROFILE("fwd.matmul.fcproj+residual", stream_);
     matmul_forward(x_out, a.fc_gelu, w.fcproj_w, w.fcproj_b, N, F, C, matmul_, stream_);
-    residual_forward(k(x_out), k(a.x_mid), N * C, stream_);
+    residual_forward(device_ptr(x_out), device_ptr(a.x_mid), N * C, stream_);
   }
 }
 
@@ -326,8 +309,8 @@ void GptCuda<T>::block_backward(int layer, const T* weights, float* grads, const
   }
   if (shape_.position == PositionKind::rotary) {
     DILATRON_PROFILE("bwd.rotary", stream_);
-    rotary_backward(k(dq_), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
-    rotary_backward(k(dk_), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
+    rotary_backward(device_ptr(dq_), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
+    rotary_backward(device_ptr(dk_), B_, Tc_, H, D, pos0_, shape_.rope_theta, stream_);
   }
   {
     DILATRON_PROFILE("bwd.matmul.qkv", stream_);
@@ -376,9 +359,9 @@ void GptCuda<T>::trunk_forward(const int32_t* tokens, const int32_t* targets, in
   const T* emb = compute_copy(embeddings, 0);
   {
     DILATRON_PROFILE("embedding", stream_);
-    token_embedding_forward(k(residual_[0]), tokens_, k(emb + offsets_.wte), N, C, V, stream_);
+    token_embedding_forward(device_ptr(residual_[0]), tokens_, device_ptr(emb + offsets_.wte), N, C, V, stream_);
     if (shape_.position == PositionKind::learned)
-      position_embedding_forward(k(residual_[0]), k(emb + offsets_.wpe), B, Tc, C, pos0, stream_);
+      position_embedding_forward(device_ptr(residual_[0]), device_ptr(emb + offsets_.wpe), B, Tc, C, pos0, stream_);
   }
   source_.release(0);
   for (int l = 0; l < L; ++l) {
@@ -521,9 +504,9 @@ void GptCuda<T>::queue_forward_backward(const int32_t* tokens, const int32_t* ta
   }
   {
     DILATRON_PROFILE("embedding.backward", stream_);
-    token_embedding_backward(d_emb + offsets_.wte, k(d_residual_), buckets_, num_buckets_, C, stream_);
+    token_embedding_backward(d_emb + offsets_.wte, device_ptr(d_residual_), buckets_, num_buckets_, C, stream_);
     if (shape_.position == PositionKind::learned)
-      position_embedding_backward(d_emb + offsets_.wpe, k(d_residual_), B_, Tc_, C, pos0_, stream_);
+      position_embedding_backward(d_emb + offsets_.wpe, device_ptr(d_residual_), B_, Tc_, C, pos0_, stream_);
   }
   source_.gradients_done(0);
   source_.release(0);
