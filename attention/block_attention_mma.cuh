@@ -155,6 +155,22 @@ __device__ __forceinline__ void load_row_values_async(float* x, const float* bas
   }
 }
 
+// The same rows of two blocks (k and v, or q and dout), one tile each, in two stages from `base`
+// on: stage s holds first(s) then second(s).
+template <int D>
+struct StagedPair {
+  bf16_t* base;
+  __device__ __forceinline__ bf16_t* first(int stage) const { return base + 2 * stage * kTileElements<D>; }
+  __device__ __forceinline__ bf16_t* second(int stage) const { return base + (2 * stage + 1) * kTileElements<D>; }
+  // Starts the copies of rows [row0, row0 + kTile) of a and b (row r at offset + r * stride, zero
+  // past `rows`) into `stage`.
+  __device__ __forceinline__ void load(int stage, const bf16_t* a, const bf16_t* b, int64_t offset, int64_t stride,
+                                       int row0, int rows) const {
+    load_tile_async<D>(first(stage), a + offset, stride, row0, rows);
+    load_tile_async<D>(second(stage), b + offset, stride, row0, rows);
+  }
+};
+
 // ---- Tensor-core fragments.
 
 // r[i] := this lane's part of 8 x 8 matrix i, whose 8 rows (16 bytes each) lanes 8 i .. 8 i + 7
@@ -308,13 +324,8 @@ __global__ void __launch_bounds__(kThreads)
 
   // q, then (k, v) of stage 0 and of stage 1.
   bf16_t* q_tile = reinterpret_cast<bf16_t*>(dynamic_shared_memory());
-  bf16_t* kv_tiles = q_tile + kTileElements<D>;
-  auto k_tile = [&](int stage) { return kv_tiles + 2 * stage * kTileElements<D>; };
-  auto v_tile = [&](int stage) { return kv_tiles + (2 * stage + 1) * kTileElements<D>; };
-  auto load_keys = [&](int stage, int k0) {
-    load_tile_async<D>(k_tile(stage), k + task.k_offset, task.k_stride, k0, task.nk);
-    load_tile_async<D>(v_tile(stage), v + task.k_offset, task.k_stride, k0, task.nk);
-  };
+  const StagedPair<D> kv{q_tile + kTileElements<D>};
+  auto load_keys = [&](int stage, int k0) { kv.load(stage, k, v, task.k_offset, task.k_stride, k0, task.nk); };
   const int keys = key_end(task, q0, causal);
   load_tile_async<D>(q_tile, q + task.q_offset, task.q_stride, q0, task.nq);
   commit_copies();
@@ -340,7 +351,7 @@ __global__ void __launch_bounds__(kThreads)
     float s[kTile / 8][4];
 #pragma unroll
     for (int j = 0; j < kTile / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-    mma_rows_rows<D, kTile>(s, q_rows, k_tile(stage), 0, lane);
+    mma_rows_rows<D, kTile>(s, q_rows, kv.first(stage), 0, lane);
 
     const bool unmasked = tile_unmasked(task, q0, k0, causal);
     float tile_max[2] = {-INFINITY, -INFINITY};
@@ -370,7 +381,7 @@ __global__ void __launch_bounds__(kThreads)
         s[j][e] = m[h] == -INFINITY ? 0.0f : exp2f(s[j][e] - m[h]);
         l[h] += s[j][e];
       }
-    mma_weights_rows<D, kTile>(o, s, v_tile(stage), 0, lane);
+    mma_weights_rows<D, kTile>(o, s, kv.second(stage), 0, lane);
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
@@ -448,15 +459,12 @@ __global__ void __launch_bounds__(kThreads)
   // k, v, then (q, dout) of stage 0 and of stage 1, then (lse, delta) of stage 0 and of stage 1.
   bf16_t* k_tile = reinterpret_cast<bf16_t*>(dynamic_shared_memory());
   bf16_t* v_tile = k_tile + kTileElements<D>;
-  bf16_t* query_tiles = v_tile + kTileElements<D>;
-  float* row_values = reinterpret_cast<float*>(query_tiles + 4 * kTileElements<D>);
-  auto q_tile = [&](int stage) { return query_tiles + 2 * stage * kTileElements<D>; };
-  auto dout_tile = [&](int stage) { return query_tiles + (2 * stage + 1) * kTileElements<D>; };
+  const StagedPair<D> queries{v_tile + kTileElements<D>};  // (q, dout)
+  float* row_values = reinterpret_cast<float*>(queries.base + 4 * kTileElements<D>);
   auto lse_tile = [&](int stage) { return row_values + 2 * stage * kTile; };  // natural log; 0 past nq
   auto delta_tile = [&](int stage) { return row_values + (2 * stage + 1) * kTile; };
   auto load_queries = [&](int stage, int q0) {
-    load_tile_async<D>(q_tile(stage), q + task.q_offset, task.q_stride, q0, task.nq);
-    load_tile_async<D>(dout_tile(stage), dout + task.q_offset, task.q_stride, q0, task.nq);
+    queries.load(stage, q, dout, task.q_offset, task.q_stride, q0, task.nq);
     load_row_values_async(lse_tile(stage), lse + task.lse_offset, task.lse_stride, q0, task.nq);
     load_row_values_async(delta_tile(stage), delta + task.lse_offset, task.lse_stride, q0, task.nq);
   };
@@ -494,8 +502,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int j = 0; j < kQueries / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.0f;
-      mma_rows_rows<D, kQueries>(s, k_rows, q_tile(stage), c0, lane);
-      mma_rows_rows<D, kQueries>(dp, v_rows, dout_tile(stage), c0, lane);
+      mma_rows_rows<D, kQueries>(s, k_rows, queries.first(stage), c0, lane);
+      mma_rows_rows<D, kQueries>(dp, v_rows, queries.second(stage), c0, lane);
 #pragma unroll
       for (int j = 0; j < kQueries / 8; ++j)
 #pragma unroll
@@ -508,8 +516,8 @@ __global__ void __launch_bounds__(kThreads)
           s[j][e] = p;
           dp[j][e] = p * (dout_scale * dp[j][e] - delta_row[r]);  // dS^T
         }
-      mma_weights_rows<D, kQueries>(dv_acc, s, dout_tile(stage), c0, lane);
-      mma_weights_rows<D, kQueries>(dk_acc, dp, q_tile(stage), c0, lane);
+      mma_weights_rows<D, kQueries>(dv_acc, s, queries.second(stage), c0, lane);
+      mma_weights_rows<D, kQueries>(dk_acc, dp, queries.first(stage), c0, lane);
     }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
@@ -539,13 +547,8 @@ __global__ void __launch_bounds__(kThreads)
   // q, dout, then (k, v) of stage 0 and of stage 1.
   bf16_t* q_tile = reinterpret_cast<bf16_t*>(dynamic_shared_memory());
   bf16_t* dout_tile = q_tile + kTileElements<D>;
-  bf16_t* kv_tiles = dout_tile + kTileElements<D>;
-  auto k_tile = [&](int stage) { return kv_tiles + 2 * stage * kTileElements<D>; };
-  auto v_tile = [&](int stage) { return kv_tiles + (2 * stage + 1) * kTileElements<D>; };
-  auto load_keys = [&](int stage, int k0) {
-    load_tile_async<D>(k_tile(stage), k + task.k_offset, task.k_stride, k0, task.nk);
-    load_tile_async<D>(v_tile(stage), v + task.k_offset, task.k_stride, k0, task.nk);
-  };
+  const StagedPair<D> kv{dout_tile + kTileElements<D>};
+  auto load_keys = [&](int stage, int k0) { kv.load(stage, k, v, task.k_offset, task.k_stride, k0, task.nk); };
   const int keys = key_end(task, q0, causal);
   load_tile_async<D>(q_tile, q + task.q_offset, task.q_stride, q0, task.nq);
   load_tile_async<D>(dout_tile, dout + task.q_offset, task.q_stride, q0, task.nq);
@@ -580,8 +583,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.0f;
-    mma_rows_rows<D, kTile>(s, q_rows, k_tile(stage), 0, lane);
-    mma_rows_rows<D, kTile>(dp, dout_rows, v_tile(stage), 0, lane);
+    mma_rows_rows<D, kTile>(s, q_rows, kv.first(stage), 0, lane);
+    mma_rows_rows<D, kTile>(dp, dout_rows, kv.second(stage), 0, lane);
     const bool unmasked = tile_unmasked(task, q0, k0, causal);
 #pragma unroll
     for (int j = 0; j < kTile / 8; ++j)
@@ -592,7 +595,7 @@ __global__ void __launch_bounds__(kThreads)
         const float p = visible && row_lse[h] != -INFINITY ? exp2f(s[j][e] * scale_log2 - row_lse[h]) : 0.0f;
         s[j][e] = p * (dout_scale * dp[j][e] - row_delta[h]);  // dS
       }
-    mma_weights_rows<D, kTile>(dq_acc, s, k_tile(stage), 0, lane);
+    mma_weights_rows<D, kTile>(dq_acc, s, kv.first(stage), 0, lane);
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
