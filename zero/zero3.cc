@@ -4,7 +4,6 @@
 
 #include "core/check.h"
 #include "optim/adamw.h"
-#include "optim/grad_norm.h"
 
 namespace dilatron {
 namespace {
@@ -18,6 +17,15 @@ NvmeOptions nvme_subdirectory(const NvmeOptions& nvme, const char* name) {
 // Buffers of the streaming optimizer step: piece g uses slot g % 3, so reading piece g + 1
 // waits only for the write-back of piece g - 2.
 constexpr int kStreamSlots = 3;
+
+// The segments cut at every kHostChunkElements of their length, in order.
+std::vector<Zero3Segment> chunked(const std::vector<Zero3Segment>& segments) {
+  std::vector<Zero3Segment> chunks;
+  for (const Zero3Segment& s : segments)
+    for (int64_t b = 0; b < s.length; b += kHostChunkElements)
+      chunks.push_back({s.piece_offset + b, std::min(kHostChunkElements, s.length - b), s.weight_decay});
+  return chunks;
+}
 
 }  // namespace
 
@@ -52,6 +60,7 @@ Zero3Engine::Zero3Engine(const GptShape& shape, Communicator& world, const Zero3
     piece_elements.push_back(layout.local);
     groups_.emplace_back();
     static_cast<Zero3GroupLayout&>(groups_.back()) = std::move(layout);
+    groups_.back().update_chunks = chunked(groups_.back().segments);
   }
   params_ = make_shard_store(options.params_tier, piece_elements, nvme_subdirectory(options.nvme, "params"));
   adam_m_ = make_shard_store(options.optimizer_tier, piece_elements, nvme_subdirectory(options.nvme, "adam_m"));
@@ -59,9 +68,10 @@ Zero3Engine::Zero3Engine(const GptShape& shape, Communicator& world, const Zero3
   int64_t shard_elements = 0;
   for (const Group& grp : groups_) shard_elements += grp.local;
   grad_shard_.assign(static_cast<size_t>(shard_elements), 0.0f);
-  scatter_out_.assign(static_cast<size_t>(largest_local), 0.0f);
+  if (world.size() > 1) scatter_out_.assign(static_cast<size_t>(largest_local), 0.0f);
   full_pool_ = std::make_unique<BufferPool>(largest_padded);
   piece_pool_ = std::make_unique<BufferPool>(largest_local);
+  pool_ = std::make_unique<HostPool>(options.host_threads);
 }
 
 Zero3Engine::~Zero3Engine() {
@@ -109,8 +119,8 @@ void Zero3Engine::start_gather(int g) {
     params_->read_async(g, grp.staging).wait();
   }
   const float* shard = grp.staging ? grp.staging : params_->resident(g);
-  if (grp.replicated)
-    std::copy_n(shard, grp.local, grp.gathered);
+  if (grp.replicated || world_.size() == 1)  // the shard is the whole group
+    host_copy(*pool_, shard, grp.local, grp.gathered);
   else
     grp.gather = world_.all_gather_async(shard, grp.gathered, grp.local, DType::f32);
 }
@@ -165,22 +175,22 @@ float* Zero3Engine::acquire_gradients(int group) {
   Group& grp = group_at(group, "acquire_gradients");
   DILATRON_CHECK(grp.grad_buffer == nullptr, "acquire_gradients of group {} twice without gradients_done", group);
   grp.grad_buffer = full_pool_->take();
-  std::fill_n(grp.grad_buffer, grp.padded, 0.0f);  // padding included: it reduce-scatters as 0
+  host_fill(*pool_, grp.grad_buffer, grp.padded, 0.0f);  // padding included: it reduce-scatters as 0
   return grp.grad_buffer;
 }
 
 void Zero3Engine::gradients_done(int group) {
   Group& grp = group_at(group, "gradients_done");
   DILATRON_CHECK(grp.grad_buffer != nullptr, "gradients_done of group {} without acquire_gradients", group);
+  // One rank: the buffer is already the sum over the world, and the shard is the whole group.
   const float* summed = grp.grad_buffer;
   if (grp.replicated) {
     if (world_.size() > 1) world_.all_reduce(grp.grad_buffer, grp.numel, DType::f32, ReduceOp::sum);
-  } else {
+  } else if (world_.size() > 1) {
     world_.reduce_scatter(grp.grad_buffer, scatter_out_.data(), grp.local, DType::f32, ReduceOp::sum);
     summed = scatter_out_.data();
   }
-  float* shard = grad_shard_.data() + grp.shard_offset;
-  for (int64_t i = 0; i < grp.local; ++i) shard[i] += summed[i];
+  host_add(*pool_, summed, grp.local, grad_shard_.data() + grp.shard_offset);
   full_pool_->give(grp.grad_buffer);
   grp.grad_buffer = nullptr;
 }
@@ -223,20 +233,21 @@ void Zero3Engine::init_parameters(uint64_t seed) {
 void Zero3Engine::zero_gradients() {
   for (const Group& grp : groups_)
     DILATRON_CHECK(grp.grad_buffer == nullptr, "zero_gradients while the model holds a gradient buffer");
-  std::fill(grad_shard_.begin(), grad_shard_.end(), 0.0f);
+  host_fill(*pool_, grad_shard_.data(), static_cast<int64_t>(grad_shard_.size()), 0.0f);
 }
 
 double Zero3Engine::gradient_sum_of_squares() {
   double sum = 0;
   for (const Group& grp : groups_)
     // A replica is counted once, by rank 0; padding holds zeros.
-    if (!grp.replicated || world_.rank() == 0) sum += sum_of_squares_cpu(grad_shard_.data() + grp.shard_offset, grp.local);
+    if (!grp.replicated || world_.rank() == 0)
+      sum += host_sum_of_squares(*pool_, grad_shard_.data() + grp.shard_offset, grp.local);
   world_.all_reduce(&sum, 1, DType::f64, ReduceOp::sum);
   return sum;
 }
 
 void Zero3Engine::scale_gradients(float factor) {
-  for (float& g : grad_shard_) g *= factor;
+  host_scale(*pool_, grad_shard_.data(), static_cast<int64_t>(grad_shard_.size()), factor);
 }
 
 void Zero3Engine::adamw_step(float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step) {
@@ -276,9 +287,12 @@ void Zero3Engine::adamw_step(float lr, float beta1, float beta2, float eps, floa
       }
     }
     const float* grad = grad_shard_.data() + groups_[g].shard_offset;
-    for (const Zero3Segment& s : groups_[g].segments)
+    const std::vector<Zero3Segment>& chunks = groups_[g].update_chunks;
+    pool_->run(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
+      const Zero3Segment& s = chunks[static_cast<size_t>(c)];
       adamw_update_cpu(data[0] + s.piece_offset, grad + s.piece_offset, data[1] + s.piece_offset,
                        data[2] + s.piece_offset, s.length, s.weight_decay ? decayed : plain);
+    });
     for (int k = 0; k < 3; ++k)
       if (stores[k]->resident(g) == nullptr) slot.write[k] = stores[k]->write_async(g, slot.buffer[k]);
   }

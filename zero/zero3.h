@@ -10,7 +10,12 @@
 // all-gather of g into a pooled full buffer and starts the gathers of the next prefetch_depth
 // groups the model announced with will_acquire; release(g) returns the buffer;
 // acquire_gradients(g) hands out a zeroed full buffer; gradients_done(g) reduce-scatters it
-// (sum) into this rank's gradient shard (+=, micro-batches add up).
+// (sum) into this rank's gradient shard (+=, micro-batches add up). On a world of one rank the
+// gathers and reduce-scatters are plain copies and additions, done without the communicator.
+//
+// The element-wise and reduction work on the host (copies, zeroing, accumulation, the gradient
+// norm, scaling, AdamW) runs on a pool of Zero3Options::host_threads threads, in fixed chunks,
+// so its results are the same bits whatever the thread count.
 //
 // Every collective is issued in the order of the model's schedule, the same on every rank:
 // all ranks must run the same number of forward/backward passes.
@@ -25,6 +30,7 @@
 #include "comm/communicator.h"
 #include "model/gpt.h"
 #include "model/parameter_source.h"
+#include "zero/host_pool.h"
 #include "zero/residency.h"
 #include "zero/shard_store.h"
 #include "zero/zero3_layout.h"
@@ -37,6 +43,8 @@ struct Zero3Options {
   StorageTier params_tier = StorageTier::device, optimizer_tier = StorageTier::device;
   // nvme tiers: this rank's swap directory; the engine uses subdirectories params/, adam_m/, adam_v/.
   NvmeOptions nvme;
+  // Threads of the engine's host work (zero/host_pool.h); the results do not depend on it.
+  int host_threads = 1;
 };
 
 class Zero3Engine final : public ParameterSource<float> {
@@ -97,6 +105,7 @@ class Zero3Engine final : public ParameterSource<float> {
   void will_acquire(int group) override;
 
   int num_groups() const { return static_cast<int>(groups_.size()); }
+  int host_threads() const { return pool_->threads(); }
   bool replicated(int group) const;
   Residency residency(int group) const;
 
@@ -109,6 +118,8 @@ class Zero3Engine final : public ParameterSource<float> {
     float* staging = nullptr;    // nvme: the shard read for the gather in flight
     CommRequest gather;
     float* grad_buffer = nullptr;  // between acquire_gradients and gradients_done
+    // The segments cut into chunks of at most kHostChunkElements: the AdamW step's tasks.
+    std::vector<Zero3Segment> update_chunks;
   };
   // Full-size (or shard-size) buffers reused across groups, I/O-aligned for the nvme tier.
   class BufferPool {
@@ -144,10 +155,11 @@ class Zero3Engine final : public ParameterSource<float> {
   std::vector<Group> groups_;
   std::unique_ptr<ShardStore> params_, adam_m_, adam_v_;
   std::vector<float> grad_shard_;  // every group's local gradient piece, back to back
-  std::vector<float> scatter_out_;  // (largest local) reduce-scatter result before +=
+  std::vector<float> scatter_out_;  // (largest local) reduce-scatter result before +=; W > 1 only
   std::unique_ptr<BufferPool> full_pool_;   // largest padded bucket
   std::unique_ptr<BufferPool> piece_pool_;  // largest local piece (nvme reads, checkpoints)
   std::deque<int> upcoming_;  // the model's announced acquisitions, in order
+  std::unique_ptr<HostPool> pool_;
 };
 
 }  // namespace dilatron
