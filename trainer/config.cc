@@ -239,6 +239,7 @@ const std::vector<Field>& schema() {
       field("zero", &C::zero, "prefetch_depth", &ZeroConfig::prefetch_depth),
       field("zero", &C::zero, "nvme_block_bytes", &ZeroConfig::nvme_block_bytes),
       field("zero", &C::zero, "nvme_queue_depth", &ZeroConfig::nvme_queue_depth),
+      field("zero", &C::zero, "host_threads", &ZeroConfig::host_threads),
       field("optimizer", &C::optimizer, "lr", &OptimizerConfig::lr),
       field("optimizer", &C::optimizer, "beta1", &OptimizerConfig::beta1),
       field("optimizer", &C::optimizer, "beta2", &OptimizerConfig::beta2),

@@ -62,6 +62,7 @@ struct ZeroConfig {
   int prefetch_depth = 1;
   int64_t nvme_block_bytes = 1 << 20;  // bytes per I/O request to the swap files
   int nvme_queue_depth = 8;            // I/O requests in flight per swap file
+  int host_threads = 0;  // threads of the host ZeRO-3 engine; 0: auto_host_threads (zero/host_pool.h)
   bool operator==(const ZeroConfig&) const = default;
 };
 

@@ -69,6 +69,7 @@ TEST_CASE("random configs round-trip exactly, awkward doubles and strings includ
     c.zero.persistence_threshold = static_cast<int64_t>(rng.below(1 << 20));
     c.zero.nvme_block_bytes = 4096 * (1 + static_cast<int64_t>(rng.below(1024)));
     c.zero.nvme_queue_depth = 1 + static_cast<int>(rng.below(64));
+    c.zero.host_threads = static_cast<int>(rng.below(1025));
     c.optimizer.lr = std::exp(-20 * rng.uniform());
     c.optimizer.beta1 = rng.uniform() * 0.999;
     c.optimizer.beta2 = rng.uniform() * 0.999;
@@ -186,6 +187,8 @@ TEST_CASE("each validation rule names its key") {
       {{"zero.prefetch_depth=-1"}, "zero.prefetch_depth = -1"},
       {{"zero.nvme_block_bytes=1000"}, "zero.nvme_block_bytes = 1000"},
       {{"zero.nvme_queue_depth=0"}, "zero.nvme_queue_depth = 0"},
+      {{"zero.host_threads=-1"}, "zero.host_threads = -1: must be in [0, 1024]"},
+      {{"zero.host_threads=1025"}, "zero.host_threads = 1025"},
       {{"optimizer.lr=0"}, "optimizer.lr = 0: must be > 0"},
       {{"optimizer.beta1=1"}, "optimizer.beta1 = 1: must be in [0, 1)"},
       {{"optimizer.beta1=-0.1"}, "optimizer.beta1 = -0.1"},

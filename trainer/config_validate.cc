@@ -73,6 +73,8 @@ void validate_zero(const ZeroConfig& z, const std::string& src) {
                        z.nvme_block_bytes);
   DILATRON_CHECK_INPUT(z.nvme_queue_depth >= 1 && z.nvme_queue_depth <= 4096,
                        "{}: zero.nvme_queue_depth = {}: must be in [1, 4096]", src, z.nvme_queue_depth);
+  DILATRON_CHECK_INPUT(z.host_threads >= 0 && z.host_threads <= 1024,
+                       "{}: zero.host_threads = {}: must be in [0, 1024] (0: automatic)", src, z.host_threads);
 }
 
 void validate_optimizer(const OptimizerConfig& o, const ScheduleConfig& s, const std::string& src) {

@@ -271,8 +271,9 @@ class StagedZero3State final : public TrainingState {
 }  // namespace
 
 std::unique_ptr<TrainingState> make_staged_zero3_state(const Config& config, const GptShape& shape,
-                                                       Communicator& host_world, cudaStream_t stream) {
-  return std::make_unique<StagedZero3State>(make_zero3_state(config, shape, host_world), shape,
+                                                       Communicator& host_world, int ranks_on_node,
+                                                       cudaStream_t stream) {
+  return std::make_unique<StagedZero3State>(make_zero3_state(config, shape, host_world, ranks_on_node), shape,
                                             config.zero.prefetch_depth, stream);
 }
 

@@ -34,7 +34,7 @@ MpiCommunicator& as_mpi(Communicator& c, const char* group) {
 
 }  // namespace
 
-TrainingDevice::TrainingDevice(const Config& c, ProcessGroups& g) {
+TrainingDevice::TrainingDevice(const Config& c, ProcessGroups& g) : ranks_on_node_(g.placement.local_size) {
 #ifdef DILATRON_CUDA
   // Every rank decides alike: ranks of one job see the same kind of node.
   cuda_ = c.device == DeviceKind::cuda || (c.device == DeviceKind::automatic && visible_gpus() > 0);
@@ -59,7 +59,6 @@ TrainingDevice::TrainingDevice(const Config& c, ProcessGroups& g) {
   description_ = fmt::format("cuda:{} ({}), {} ranks on this node, {} between GPU buffers", gpu_, prop.name,
                              g.placement.local_size, name);
 #else
-  (void)g;
   DILATRON_CHECK_INPUT(c.device != DeviceKind::cuda,
                        "device: cuda, but this dilatron was built without CUDA; rebuild with a CUDA toolkit "
                        "(scripts/setup finds /usr/local/cuda) or set device: cpu");

@@ -29,6 +29,8 @@ class TrainingDevice {
 
   bool cuda() const { return cuda_; }
   int gpu() const { return gpu_; }
+  // The ranks on this rank's node (groups.placement), which share its CPUs as well as its GPUs.
+  int ranks_on_node() const { return ranks_on_node_; }
   // "cpu", or e.g. "cuda:0 (NVIDIA H100 80GB HBM3), nccl".
   const std::string& describe() const { return description_; }
 #ifdef DILATRON_CUDA
@@ -41,6 +43,7 @@ class TrainingDevice {
  private:
   bool cuda_ = false;
   int gpu_ = -1;
+  int ranks_on_node_ = 1;
   std::string description_ = "cpu";
 #ifdef DILATRON_CUDA
   cudaStream_t stream_ = nullptr;

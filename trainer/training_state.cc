@@ -81,14 +81,14 @@ std::unique_ptr<TrainingState> make_training_state(const Config& config, const G
                            "live in GPU memory (both device) or both off it (cpu or nvme); set them alike",
                            to_string(config.zero.offload_params), to_string(config.zero.offload_optimizer));
       if (params_on_gpu) return make_device_zero3_state(config, shape, world, device.world(), device.stream());
-      return make_staged_zero3_state(config, shape, world, device.stream());
+      return make_staged_zero3_state(config, shape, world, device.ranks_on_node(), device.stream());
     }
     return make_device_replicated_state(shape, device.world(), device.stream());
   }
 #else
   DILATRON_CHECK(!device.cuda(), "a GPU training device in a build without CUDA");
 #endif
-  if (config.zero.stage == 3) return make_zero3_state(config, shape, world);
+  if (config.zero.stage == 3) return make_zero3_state(config, shape, world, device.ranks_on_node());
   return make_replicated_state(shape, world);
 }
 

@@ -5,6 +5,7 @@
 #include <fmt/core.h>
 
 #include "trainer/training_state_kinds.h"
+#include "zero/host_pool.h"
 #include "zero/zero3.h"
 
 namespace dilatron {
@@ -19,7 +20,7 @@ StorageTier storage_tier(OffloadTier t) {
   return StorageTier::device;
 }
 
-Zero3Options zero3_options(const ZeroConfig& z, int rank) {
+Zero3Options zero3_options(const ZeroConfig& z, int rank, int ranks_on_node) {
   Zero3Options o;
   o.persistence_threshold = z.persistence_threshold;
   o.prefetch_depth = z.prefetch_depth;
@@ -29,6 +30,7 @@ Zero3Options zero3_options(const ZeroConfig& z, int rank) {
   o.nvme.directory = fmt::format("{}/rank_{:05}", z.nvme_path, rank);
   o.nvme.block_bytes = z.nvme_block_bytes;
   o.nvme.queue_depth = z.nvme_queue_depth;
+  o.host_threads = z.host_threads > 0 ? z.host_threads : auto_host_threads(ranks_on_node);
   return o;
 }
 
@@ -36,8 +38,8 @@ constexpr const char* kKinds[] = {"params", "adam_m", "adam_v"};
 
 class Zero3State final : public TrainingState {
  public:
-  Zero3State(const Config& config, const GptShape& shape, Communicator& world)
-      : engine_(shape, world, zero3_options(config.zero, world.rank())) {}
+  Zero3State(const Config& config, const GptShape& shape, Communicator& world, int ranks_on_node)
+      : engine_(shape, world, zero3_options(config.zero, world.rank(), ranks_on_node)) {}
 
   ParameterSource<float>* parameter_source() override { return &engine_; }
   void attach(Gpt<float>&) override {}
@@ -92,10 +94,11 @@ class Zero3State final : public TrainingState {
     const Zero3Engine::MemoryReport m = engine_.memory();
     const double mib = 1.0 / (1 << 20);
     return fmt::format("ZeRO-3: per rank parameter shards {:.1f} MiB ({}), gradient shards {:.1f} MiB, optimizer "
-                       "state {:.1f} MiB ({}), of which replicated groups {:.1f} MiB; on disk {:.1f} MiB",
+                       "state {:.1f} MiB ({}), of which replicated groups {:.1f} MiB; on disk {:.1f} MiB; host "
+                       "threads {}",
                        m.param_shard_bytes * mib, storage_tier_name(m.params_tier), m.gradient_shard_bytes * mib,
                        m.optimizer_bytes * mib, storage_tier_name(m.optimizer_tier), m.replicated_bytes * mib,
-                       m.disk_bytes * mib);
+                       m.disk_bytes * mib, engine_.host_threads());
   }
 
  private:
@@ -104,8 +107,9 @@ class Zero3State final : public TrainingState {
 
 }  // namespace
 
-std::unique_ptr<TrainingState> make_zero3_state(const Config& config, const GptShape& shape, Communicator& world) {
-  return std::make_unique<Zero3State>(config, shape, world);
+std::unique_ptr<TrainingState> make_zero3_state(const Config& config, const GptShape& shape, Communicator& world,
+                                                int ranks_on_node) {
+  return std::make_unique<Zero3State>(config, shape, world, ranks_on_node);
 }
 
 }  // namespace dilatron
