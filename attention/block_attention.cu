@@ -451,15 +451,16 @@ cudaError_t launch_block_attention_forward(O* out, float* lse, const T* q, const
   if constexpr (std::is_same_v<T, bf16>) {
     if (tensor_core_head_dim(batch.D)) {
       return with_tensor_core_head_dim(batch.D, [&]<int D>() {
-        return launch_tiles(mma::forward_kernel<D, device_type_t<O>>, grid, mma::kThreads, mma::forward_smem_bytes<D>(), stream,
-                            device_ptr(out), lse, device_ptr(q), device_ptr(k), device_ptr(v), batch.tasks, batch.scale, causal, out_scale, merge);
+        return launch_tiles(mma::forward_kernel<D, device_type_t<O>>, grid, mma::kThreads, mma::forward_smem_bytes<D>(),
+                            stream, device_ptr(out), lse, device_ptr(q), device_ptr(k), device_ptr(v), batch.tasks,
+                            batch.scale, causal, out_scale, merge);
       });
     }
   }
   return with_head_dim(batch.D, [&]<int DMAX>() {
-    return launch_tiles(forward_kernel<DMAX, device_type_t<T>, device_type_t<O>>, grid, kThreads, bytes(forward_smem(DMAX)), stream,
-                        device_ptr(out), lse, device_ptr(q), device_ptr(k), device_ptr(v), batch.tasks, batch.D, batch.scale, causal, out_scale,
-                        merge);
+    return launch_tiles(forward_kernel<DMAX, device_type_t<T>, device_type_t<O>>, grid, kThreads,
+                        bytes(forward_smem(DMAX)), stream, device_ptr(out), lse, device_ptr(q), device_ptr(k),
+                        device_ptr(v), batch.tasks, batch.D, batch.scale, causal, out_scale, merge);
   });
 }
 
@@ -476,16 +477,17 @@ cudaError_t launch_block_attention_backward_dkdv(O* dk, O* dv, const T* dout, co
   if constexpr (std::is_same_v<T, bf16>) {
     if (tensor_core_head_dim(batch.D)) {
       return with_tensor_core_head_dim(batch.D, [&]<int D>() {
-        return launch_tiles(mma::dkdv_kernel<D, device_type_t<O>>, grid, mma::kThreads, mma::dkdv_smem_bytes<D>(), stream,
-                            device_ptr(dk), device_ptr(dv), device_ptr(dout), delta, lse, device_ptr(q), device_ptr(k), device_ptr(v), batch.tasks, batch.scale,
-                            causal, dout_scale, accumulate);
+        return launch_tiles(mma::dkdv_kernel<D, device_type_t<O>>, grid, mma::kThreads, mma::dkdv_smem_bytes<D>(),
+                            stream, device_ptr(dk), device_ptr(dv), device_ptr(dout), delta, lse, device_ptr(q),
+                            device_ptr(k), device_ptr(v), batch.tasks, batch.scale, causal, dout_scale, accumulate);
       });
     }
   }
   return with_head_dim(batch.D, [&]<int DMAX>() {
-    return launch_tiles(dkdv_kernel<DMAX, device_type_t<T>, device_type_t<O>>, grid, kThreads, bytes(dkdv_smem(DMAX)), stream, device_ptr(dk),
-                        device_ptr(dv), device_ptr(dout), delta, lse, device_ptr(q), device_ptr(k), device_ptr(v), batch.tasks, batch.D, batch.scale,
-                        causal, dout_scale, accumulate);
+    return launch_tiles(dkdv_kernel<DMAX, device_type_t<T>, device_type_t<O>>, grid, kThreads, bytes(dkdv_smem(DMAX)),
+                        stream, device_ptr(dk), device_ptr(dv), device_ptr(dout), delta, lse, device_ptr(q),
+                        device_ptr(k), device_ptr(v), batch.tasks, batch.D, batch.scale, causal, dout_scale,
+                        accumulate);
   });
 }
 
@@ -501,16 +503,16 @@ cudaError_t launch_block_attention_backward_dq(O* dq, const T* dout, const float
   if constexpr (std::is_same_v<T, bf16>) {
     if (tensor_core_head_dim(batch.D)) {
       return with_tensor_core_head_dim(batch.D, [&]<int D>() {
-        return launch_tiles(mma::dq_kernel<D, device_type_t<O>>, grid, mma::kThreads, mma::dq_smem_bytes<D>(), stream, device_ptr(dq),
-                            device_ptr(dout), delta, lse, device_ptr(q), device_ptr(k), device_ptr(v), batch.tasks, batch.scale, causal, dout_scale,
-                            accumulate);
+        return launch_tiles(mma::dq_kernel<D, device_type_t<O>>, grid, mma::kThreads, mma::dq_smem_bytes<D>(), stream,
+                            device_ptr(dq), device_ptr(dout), delta, lse, device_ptr(q), device_ptr(k), device_ptr(v),
+                            batch.tasks, batch.scale, causal, dout_scale, accumulate);
       });
     }
   }
   return with_head_dim(batch.D, [&]<int DMAX>() {
-    return launch_tiles(dq_kernel<DMAX, device_type_t<T>, device_type_t<O>>, grid, kThreads, bytes(dq_smem(DMAX)), stream, device_ptr(dq),
-                        device_ptr(dout), delta, lse, device_ptr(q), device_ptr(k), device_ptr(v), batch.tasks, batch.D, batch.scale, causal,
-                        dout_scale, accumulate);
+    return launch_tiles(dq_kernel<DMAX, device_type_t<T>, device_type_t<O>>, grid, kThreads, bytes(dq_smem(DMAX)),
+                        stream, device_ptr(dq), device_ptr(dout), delta, lse, device_ptr(q), device_ptr(k),
+                        device_ptr(v), batch.tasks, batch.D, batch.scale, causal, dout_scale, accumulate);
   });
 }
 
@@ -519,8 +521,8 @@ cudaError_t launch_attention_row_delta(float* delta, const T* dout, const T* out
                                        cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(B) * n * H;
   if (rows == 0) return cudaSuccess;
-  row_delta_kernel<<<elementwise_blocks(rows * 32), kThreads, 0, stream>>>(delta, device_ptr(dout), device_ptr(out), rows, n, H,
-                                                                           D);
+  row_delta_kernel<<<elementwise_blocks(rows * 32), kThreads, 0, stream>>>(delta, device_ptr(dout), device_ptr(out),
+                                                                           rows, n, H, D);
   return cudaGetLastError();
 }
 

@@ -214,7 +214,8 @@ template <typename T>
 void GptCuda<T>::norm_forward(T* out, float* mean, float* rstd, const T* inp, const T* w, const T* b) {
   const int64_t N = static_cast<int64_t>(B_) * Tc_;
   if (shape_.norm == NormKind::layernorm)
-    layernorm_forward(device_ptr(out), mean, rstd, device_ptr(inp), device_ptr(w), device_ptr(b), N, shape_.d_model, stream_);
+    layernorm_forward(device_ptr(out), mean, rstd, device_ptr(inp), device_ptr(w), device_ptr(b), N, shape_.d_model,
+                      stream_);
   else
     rmsnorm_forward(device_ptr(out), rstd, device_ptr(inp), device_ptr(w), N, shape_.d_model, stream_);
 }
@@ -224,9 +225,11 @@ void GptCuda<T>::norm_backward(T* dinp, float* dw, float* db, const T* dout, con
                                const float* mean, const float* rstd) {
   const int64_t N = static_cast<int64_t>(B_) * Tc_;
   if (shape_.norm == NormKind::layernorm)
-    layernorm_backward(device_ptr(dinp), dw, db, device_ptr(dout), device_ptr(inp), device_ptr(w), mean, rstd, N, shape_.d_model, stream_);
+    layernorm_backward(device_ptr(dinp), dw, db, device_ptr(dout), device_ptr(inp), device_ptr(w), mean, rstd, N,
+                       shape_.d_model, stream_);
   else
-    rmsnorm_backward(device_ptr(dinp), dw, device_ptr(dout), device_ptr(inp), device_ptr(w), rstd, N, shape_.d_model, stream_);
+    rmsnorm_backward(device_ptr(dinp), dw, device_ptr(dout), device_ptr(inp), device_ptr(w), rstd, N, shape_.d_model,
+                     stream_);
 }
 
 template <typename T>
@@ -488,8 +491,9 @@ void GptCuda<T>::queue_forward_backward(const int32_t* tokens, const int32_t* ta
     const T* final_norm = compute_copy(final_norm_master, L + 1);
     float* d_final_norm = source_.acquire_gradients(L + 1);
     zero(d_residual_, N * C * static_cast<int64_t>(sizeof(T)));  // the norm backward adds
-    norm_backward(d_residual_, d_final_norm + offsets_.lnf_w, offsets_.lnf_b < 0 ? nullptr : d_final_norm + offsets_.lnf_b, d_norm_,
-                  residual_[L], final_norm + offsets_.lnf_w, lnf_mean_, lnf_rstd_);
+    norm_backward(d_residual_, d_final_norm + offsets_.lnf_w,
+                  offsets_.lnf_b < 0 ? nullptr : d_final_norm + offsets_.lnf_b, d_norm_, residual_[L],
+                  final_norm + offsets_.lnf_w, lnf_mean_, lnf_rstd_);
     source_.gradients_done(L + 1);
     source_.release(L + 1);
   }
