@@ -24,6 +24,8 @@ AdamWScalars adamw_scalars(const AdamWStep& s) {
           static_cast<float>(1.0 - std::pow(static_cast<double>(s.beta2), step))};
 }
 
+}  // namespace detail
+
 std::vector<AdamWChunk> adamw_chunks(const std::vector<AdamWSegment>& segments, int64_t chunk_elements) {
   DILATRON_CHECK(chunk_elements > 0 && chunk_elements % 4 == 0 && chunk_elements <= INT32_MAX,
                  "AdamW chunk size must be a positive multiple of 4, got {}", chunk_elements);
@@ -52,8 +54,6 @@ std::vector<AdamWChunk> adamw_chunks(const std::vector<AdamWSegment>& segments, 
   }
   return chunks;
 }
-
-}  // namespace detail
 
 void adamw_update_cpu(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWStep& s) {
   const detail::AdamWScalars c = detail::adamw_scalars(s);

@@ -66,9 +66,9 @@ __global__ void adamw_scalar_kernel(float* __restrict__ param, const float* __re
 // (fewer than 4 each) as scalars; without it every element is scalar.
 __global__ void adamw_segments_kernel(float* __restrict__ param, const float* __restrict__ grad,
                                       float* __restrict__ m, float* __restrict__ v,
-                                      const detail::AdamWChunk* __restrict__ chunks, bool vectorise,
+                                      const AdamWChunk* __restrict__ chunks, bool vectorise,
                                       detail::AdamWScalars c) {
-  const detail::AdamWChunk chunk = chunks[blockIdx.x];
+  const AdamWChunk chunk = chunks[blockIdx.x];
   if (!chunk.weight_decay) c.weight_decay = 0.0f;
   const int64_t begin = chunk.begin, end = begin + chunk.length;
   int64_t vec_begin = end, vec_end = end;

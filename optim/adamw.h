@@ -32,24 +32,26 @@ struct AdamWSegment {
   bool weight_decay;
 };
 
-namespace detail {
-
-// A piece of one segment, at most kAdamWChunkElements long; one thread block updates it.
+// A piece of one segment: the unit of work of a segmented update (a thread block on the GPU, a
+// task of the host ZeRO-3 engine's pool).
 struct AdamWChunk {
   int64_t begin;
   int32_t length;
   bool weight_decay;
 };
 
+// The segments cut at the multiples of chunk_elements (> 0, a multiple of 4, at most INT32_MAX),
+// in the order given; empty segments give no chunks. Throws an Error on a negative begin or
+// length, or on segments that overlap (a parallel update would update their common elements
+// twice, racing).
+std::vector<AdamWChunk> adamw_chunks(const std::vector<AdamWSegment>& segments, int64_t chunk_elements);
+
+namespace detail {
+
 // Bounded so that one launch over a 38M-element embedding and a 768-element bias balances:
 // every block gets about the same work. A multiple of 4, so chunks cut at multiples of it
 // keep the float4 alignment of the flat buffers.
 constexpr int64_t kAdamWChunkElements = 8192;
-
-// The segments cut at the multiples of chunk_elements (> 0, a multiple of 4), in the order
-// given; empty segments give no chunks. Throws an Error on a negative begin or length, or on
-// segments that overlap (one launch would update their common elements twice, racing).
-std::vector<AdamWChunk> adamw_chunks(const std::vector<AdamWSegment>& segments, int64_t chunk_elements);
 
 }  // namespace detail
 
@@ -65,11 +67,11 @@ class AdamWSegmentTable {
  public:
   explicit AdamWSegmentTable(const std::vector<AdamWSegment>& segments, cudaStream_t stream = nullptr);
 
-  const detail::AdamWChunk* chunks() const { return chunks_.data(); }
+  const AdamWChunk* chunks() const { return chunks_.data(); }
   int64_t num_chunks() const { return chunks_.size(); }
 
  private:
-  DeviceArray<detail::AdamWChunk> chunks_;
+  DeviceArray<AdamWChunk> chunks_;
 };
 
 // One launch over every segment of the table: AdamW on param/grad/m/v at the segment's

@@ -16,10 +16,10 @@ void adamw_update_cuda(float* param, const float* grad, float* m, float* v, int6
 }
 
 AdamWSegmentTable::AdamWSegmentTable(const std::vector<AdamWSegment>& segments, cudaStream_t stream) {
-  const std::vector<detail::AdamWChunk> chunks = detail::adamw_chunks(segments, detail::kAdamWChunkElements);
+  const std::vector<AdamWChunk> chunks = adamw_chunks(segments, detail::kAdamWChunkElements);
   if (chunks.empty()) return;
-  chunks_ = DeviceArray<detail::AdamWChunk>(static_cast<int64_t>(chunks.size()), stream);
-  DILATRON_CUDA_CHECK(cudaMemcpyAsync(chunks_.data(), chunks.data(), chunks.size() * sizeof(detail::AdamWChunk),
+  chunks_ = DeviceArray<AdamWChunk>(static_cast<int64_t>(chunks.size()), stream);
+  DILATRON_CUDA_CHECK(cudaMemcpyAsync(chunks_.data(), chunks.data(), chunks.size() * sizeof(AdamWChunk),
                                       cudaMemcpyHostToDevice, stream));
   // Waiting lets any stream use the table at once; it happens once per training run.
   DILATRON_CUDA_CHECK(cudaStreamSynchronize(stream));

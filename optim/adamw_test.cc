@@ -93,9 +93,9 @@ TEST_CASE("adamw_chunks covers each segment exactly, in bounded pieces cut at mu
   // Unaligned begins, a segment spanning several cuts, one ending on a cut, an empty one, a gap.
   const std::vector<AdamWSegment> segments = {
       {3, 1, true}, {5, 30, false}, {40, 0, true}, {41, 23, true}, {64, 16, false}, {100, 1, false}};
-  const std::vector<detail::AdamWChunk> chunks = detail::adamw_chunks(segments, 16);
+  const std::vector<AdamWChunk> chunks = adamw_chunks(segments, 16);
   std::vector<int> covered(128, 0), decayed(128, 0);
-  for (const detail::AdamWChunk& c : chunks) {
+  for (const AdamWChunk& c : chunks) {
     REQUIRE(c.length >= 1);
     CHECK(c.length <= 16);
     // A chunk never crosses a multiple of 16, so interior chunks start float4-aligned.
@@ -113,11 +113,11 @@ TEST_CASE("adamw_chunks covers each segment exactly, in bounded pieces cut at mu
 }
 
 TEST_CASE("adamw_chunks rejects overlapping segments and negative sizes") {
-  CHECK_THROWS(detail::adamw_chunks({{0, 10, true}, {9, 4, true}}, 16));
-  CHECK_THROWS(detail::adamw_chunks({{20, 4, true}, {0, 21, false}}, 16));  // overlap out of order
-  CHECK_THROWS(detail::adamw_chunks({{-1, 4, true}}, 16));
-  CHECK_THROWS(detail::adamw_chunks({{0, -4, true}}, 16));
-  CHECK_NOTHROW(detail::adamw_chunks({{0, 10, true}, {10, 4, false}}, 16));  // adjacent is fine
+  CHECK_THROWS(adamw_chunks({{0, 10, true}, {9, 4, true}}, 16));
+  CHECK_THROWS(adamw_chunks({{20, 4, true}, {0, 21, false}}, 16));  // overlap out of order
+  CHECK_THROWS(adamw_chunks({{-1, 4, true}}, 16));
+  CHECK_THROWS(adamw_chunks({{0, -4, true}}, 16));
+  CHECK_NOTHROW(adamw_chunks({{0, 10, true}, {10, 4, false}}, 16));  // adjacent is fine
 }
 
 }  // namespace

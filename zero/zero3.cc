@@ -18,13 +18,11 @@ NvmeOptions nvme_subdirectory(const NvmeOptions& nvme, const char* name) {
 // waits only for the write-back of piece g - 2.
 constexpr int kStreamSlots = 3;
 
-// The segments cut at every kHostChunkElements of their length, in order.
-std::vector<Zero3Segment> chunked(const std::vector<Zero3Segment>& segments) {
-  std::vector<Zero3Segment> chunks;
-  for (const Zero3Segment& s : segments)
-    for (int64_t b = 0; b < s.length; b += kHostChunkElements)
-      chunks.push_back({s.piece_offset + b, std::min(kHostChunkElements, s.length - b), s.weight_decay});
-  return chunks;
+// The AdamW step's tasks: a group's segments cut at the multiples of kHostChunkElements.
+std::vector<AdamWChunk> update_chunks(const std::vector<Zero3Segment>& segments) {
+  std::vector<AdamWSegment> runs;
+  for (const Zero3Segment& s : segments) runs.push_back({s.piece_offset, s.length, s.weight_decay});
+  return adamw_chunks(runs, kHostChunkElements);
 }
 
 }  // namespace
@@ -60,7 +58,7 @@ Zero3Engine::Zero3Engine(const GptShape& shape, Communicator& world, const Zero3
     piece_elements.push_back(layout.local);
     groups_.emplace_back();
     static_cast<Zero3GroupLayout&>(groups_.back()) = std::move(layout);
-    groups_.back().update_chunks = chunked(groups_.back().segments);
+    groups_.back().update_chunks = update_chunks(groups_.back().segments);
   }
   params_ = make_shard_store(options.params_tier, piece_elements, nvme_subdirectory(options.nvme, "params"));
   adam_m_ = make_shard_store(options.optimizer_tier, piece_elements, nvme_subdirectory(options.nvme, "adam_m"));
@@ -287,11 +285,11 @@ void Zero3Engine::adamw_step(float lr, float beta1, float beta2, float eps, floa
       }
     }
     const float* grad = grad_shard_.data() + groups_[g].shard_offset;
-    const std::vector<Zero3Segment>& chunks = groups_[g].update_chunks;
-    pool_->run(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
-      const Zero3Segment& s = chunks[static_cast<size_t>(c)];
-      adamw_update_cpu(data[0] + s.piece_offset, grad + s.piece_offset, data[1] + s.piece_offset,
-                       data[2] + s.piece_offset, s.length, s.weight_decay ? decayed : plain);
+    const std::vector<AdamWChunk>& chunks = groups_[g].update_chunks;
+    pool_->run(static_cast<int64_t>(chunks.size()), [&](int64_t i) {
+      const AdamWChunk& c = chunks[static_cast<size_t>(i)];
+      adamw_update_cpu(data[0] + c.begin, grad + c.begin, data[1] + c.begin, data[2] + c.begin, c.length,
+                       c.weight_decay ? decayed : plain);
     });
     for (int k = 0; k < 3; ++k)
       if (stores[k]->resident(g) == nullptr) slot.write[k] = stores[k]->write_async(g, slot.buffer[k]);

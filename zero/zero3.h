@@ -30,6 +30,7 @@
 #include "comm/communicator.h"
 #include "model/gpt.h"
 #include "model/parameter_source.h"
+#include "optim/adamw.h"
 #include "zero/host_pool.h"
 #include "zero/residency.h"
 #include "zero/shard_store.h"
@@ -118,8 +119,8 @@ class Zero3Engine final : public ParameterSource<float> {
     float* staging = nullptr;    // nvme: the shard read for the gather in flight
     CommRequest gather;
     float* grad_buffer = nullptr;  // between acquire_gradients and gradients_done
-    // The segments cut into chunks of at most kHostChunkElements: the AdamW step's tasks.
-    std::vector<Zero3Segment> update_chunks;
+    // The segments cut at the multiples of kHostChunkElements: the AdamW step's tasks.
+    std::vector<AdamWChunk> update_chunks;
   };
   // Full-size (or shard-size) buffers reused across groups, I/O-aligned for the nvme tier.
   class BufferPool {
