@@ -246,7 +246,7 @@ template <typename T>
 cudaError_t forward(float* losses, float* lse, const T* logits, const int32_t* targets, int64_t N, int V,
                     cudaStream_t stream) {
   using D = device_type_t<T>;
-  const D* x = reinterpret_cast<const D*>(logits);
+  const D* x = device_ptr(logits);
   if (gpu::rows_aligned_16(x, V))
     cross_entropy_forward_kernel<D, gpu::kPack16<D>>
         <<<blocks_for(N), kThreads, 0, stream>>>(losses, lse, x, targets, N, V);
@@ -259,8 +259,8 @@ template <typename T>
 cudaError_t backward(T* dlogits, const T* logits, const float* lse, const int32_t* targets, float dloss_weight,
                      int64_t N, int V, cudaStream_t stream) {
   using D = device_type_t<T>;
-  D* dx = reinterpret_cast<D*>(dlogits);
-  const D* x = reinterpret_cast<const D*>(logits);
+  D* dx = device_ptr(dlogits);
+  const D* x = device_ptr(logits);
   if (gpu::rows_aligned_16(x, V) && gpu::rows_aligned_16<D>(dx, V))
     cross_entropy_backward_kernel<D, gpu::kPack16<D>>
         <<<blocks_for(N), kThreads, 0, stream>>>(dx, x, lse, targets, dloss_weight, N, V);
@@ -274,7 +274,7 @@ template <typename T>
 cudaError_t forward_backward(float* losses, float* lse, T* logits, const int32_t* targets, float dloss_weight,
                              int64_t N, int V, cudaStream_t stream) {
   using D = device_type_t<T>;
-  D* x = reinterpret_cast<D*>(logits);
+  D* x = device_ptr(logits);
   if (gpu::rows_aligned_16<D>(x, V))
     cross_entropy_forward_backward_kernel<D, gpu::kPack16<D>>
         <<<blocks_for(N), kThreads, 0, stream>>>(losses, lse, x, targets, dloss_weight, N, V);

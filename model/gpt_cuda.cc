@@ -18,7 +18,6 @@
 namespace dilatron {
 namespace {
 
-
 // Hands out consecutive 256-byte-aligned pieces of a byte arena; with a null base it only counts,
 // so one carving function both sizes and fills the arena (as the CPU model's ArenaCarver).
 class ByteCarver {

@@ -5,12 +5,11 @@
 // order, so the result is deterministic.
 #include <cuda_bf16.h>
 
+#include "core/device_type.h"
 #include "model/matmul_cuda.h"
 
 namespace dilatron {
 namespace {
-
-static_assert(sizeof(bf16) == sizeof(__nv_bfloat16), "bf16 and __nv_bfloat16 share one layout");
 
 constexpr int kColumns = 32;
 constexpr int kRowLanes = 32;
@@ -53,7 +52,7 @@ namespace detail {
 
 cudaError_t launch_add_column_sums(float* dbias, const bf16* dout, int64_t N, int OC, int batch, int64_t dout_stride,
                                    cudaStream_t stream) {
-  return add_column_sums(dbias, reinterpret_cast<const __nv_bfloat16*>(dout), N, OC, batch, dout_stride, stream);
+  return add_column_sums(dbias, device_ptr(dout), N, OC, batch, dout_stride, stream);
 }
 cudaError_t launch_add_column_sums(float* dbias, const float* dout, int64_t N, int OC, int batch, int64_t dout_stride,
                                    cudaStream_t stream) {
