@@ -8,19 +8,24 @@
 # grow with T: 805M parameters at 1M tokens) and LongNet's geometric pattern grown to the
 # length: segments 2048 * 2^i with dilation 2^i up to T, so every token reaches the whole
 # sequence (sparsely) and each branch attends to 2048 keys per query. Batch 1, recomputation on,
-# 2 steps (the second is timed), on 16 copies of the corpus (one copy is shorter than 1M tokens). Output: one line per T, raw logs in $OUT.
+# 2 steps (the second is timed), on enough copies of the corpus for the longest T (at least 16). Output: one line per T, raw logs in $OUT.
 set -uo pipefail
 out=${OUT:-/tmp/longest_context}
 mkdir -p "$out"
-# A sequence of 1M tokens needs more than the 1.1 MB corpus: 16 copies of it, as bytes.
-shard=runs/data/tinyshakespeare-x16-bytes.bin
-if [ ! -f "$shard" ]; then
-  mkdir -p runs/data
-  for _ in $(seq 16); do cat data/tinyshakespeare.txt; done > runs/data/tinyshakespeare-x16.txt
-  python3 bench/reference/text_to_byte_shard.py runs/data/tinyshakespeare-x16.txt "$shard"
-fi
 lengths=("$@")
 [ ${#lengths[@]} -gt 0 ] || lengths=(131072 262144 524288 1048576)
+# A sequence of 1M tokens needs more than the 1.1 MB corpus (1,115,394 bytes): enough copies of it,
+# as bytes, that the 10 % validation split (data.val_fraction) still holds one sequence of the
+# longest T: ceil(10 (T + 1) / 1,115,394) copies, at least 16.
+longest=$(printf '%s\n' "${lengths[@]}" | sort -n | tail -1)
+copies=$(( (10 * (longest + 1) + 1115393) / 1115394 ))
+[ $copies -ge 16 ] || copies=16
+shard=runs/data/tinyshakespeare-x$copies-bytes.bin
+if [ ! -f "$shard" ]; then
+  mkdir -p runs/data
+  for _ in $(seq $copies); do cat data/tinyshakespeare.txt; done > runs/data/tinyshakespeare-x$copies.txt
+  python3 bench/reference/text_to_byte_shard.py runs/data/tinyshakespeare-x$copies.txt "$shard"
+fi
 for T in "${lengths[@]}"; do
   segments=() rates=()
   w=2048 r=1
