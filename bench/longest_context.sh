@@ -14,16 +14,18 @@ out=${OUT:-/tmp/longest_context}
 mkdir -p "$out"
 lengths=("$@")
 [ ${#lengths[@]} -gt 0 ] || lengths=(131072 262144 524288 1048576)
-# A sequence of 1M tokens needs more than the 1.1 MB corpus (1,115,394 bytes): enough copies of it,
-# as bytes, that the 10 % validation split (data.val_fraction) still holds one sequence of the
-# longest T: ceil(10 (T + 1) / 1,115,394) copies, at least 16.
+# A sequence of 1M tokens needs more than the 1.1 MB corpus: enough copies of it, as bytes (one
+# token each), that the 10 % validation split (data.val_fraction) still holds one sequence of the
+# longest T: ceil(10 (T + 1) / corpus bytes) copies, at least 16.
+corpus=data/tinyshakespeare.txt
+corpus_bytes=$(stat -c %s "$corpus")
 longest=$(printf '%s\n' "${lengths[@]}" | sort -n | tail -1)
-copies=$(( (10 * (longest + 1) + 1115393) / 1115394 ))
+copies=$(( (10 * (longest + 1) + corpus_bytes - 1) / corpus_bytes ))
 [ $copies -ge 16 ] || copies=16
 shard=runs/data/tinyshakespeare-x$copies-bytes.bin
 if [ ! -f "$shard" ]; then
   mkdir -p runs/data
-  for _ in $(seq $copies); do cat data/tinyshakespeare.txt; done > runs/data/tinyshakespeare-x$copies.txt
+  for _ in $(seq $copies); do cat "$corpus"; done > runs/data/tinyshakespeare-x$copies.txt
   python3 bench/reference/text_to_byte_shard.py runs/data/tinyshakespeare-x$copies.txt "$shard"
 fi
 for T in "${lengths[@]}"; do
