@@ -79,9 +79,10 @@ void report(const std::string& what, const char* tensor, const std::vector<float
 }
 
 template <typename T>
-void check_case(const Case& c, bool causal, uint64_t seed) {
+void check_case(const Case& c, bool causal, uint64_t seed, int64_t ds_scratch_bytes = kDefaultDsScratchBytes) {
   const DilatedSpec spec{c.branches, c.mode, causal};
-  const std::string what = std::string(dtype_name<T>()) + " " + describe(c, causal);
+  std::string what = std::string(dtype_name<T>()) + " " + describe(c, causal);
+  if (ds_scratch_bytes != kDefaultDsScratchBytes) what += " dS scratch " + std::to_string(ds_scratch_bytes) + " B";
   const int64_t size = c.B * c.n * c.H * c.D, lse_size = c.B * c.H * c.n;
   const auto q = random_inputs<T>(seed, 0, size), k = random_inputs<T>(seed, 1, size);
   const auto v = random_inputs<T>(seed, 2, size), dout = random_inputs<T>(seed, 3, size);
@@ -103,7 +104,7 @@ void check_case(const Case& c, bool causal, uint64_t seed) {
   cudaStream_t stream;
   DILATRON_CUDA_CHECK(cudaStreamCreate(&stream));
   {
-    const auto attention = make_dilated_attention_cuda<T>(spec, c.B, c.n, c.H, c.D);
+    const auto attention = make_dilated_attention_cuda<T>(spec, c.B, c.n, c.H, c.D, ds_scratch_bytes);
     attention->forward(out.get(), lse.get(), q_dev.get(), k_dev.get(), v_dev.get(), c.B, static_cast<int>(c.n), c.H,
                        c.D, stream);
     attention->backward(dq.get(), dk.get(), dv.get(), dout_dev.get(), out.get(), lse.get(), q_dev.get(), k_dev.get(),
@@ -160,13 +161,14 @@ double score_pairs(const DilatedSpec& spec, int B, int64_t n, int H, int D) {
 // Forward and backward medians; TFLOP/s count 4 D FLOPs per scored pair forward (q.k and p v)
 // and 10 D backward (the model count: recomputed scores, dV, dP, dQ, dK), as in docs/attention.md.
 template <typename T>
-void time_case(const char* name, const DilatedSpec& spec, int B, int64_t n, int H, int D) {
+void time_case(const char* name, const DilatedSpec& spec, int B, int64_t n, int H, int D,
+               int64_t ds_scratch_bytes = kDefaultDsScratchBytes) {
   const int64_t size = B * n * H * D;
   DeviceBuffer<T> q(random_inputs<T>(7, 0, size)), k(random_inputs<T>(7, 1, size)), v(random_inputs<T>(7, 2, size)),
       dout(random_inputs<T>(7, 3, size));
   DeviceBuffer<T> out(size), dq(size), dk(size), dv(size);
   DeviceBuffer<float> lse(B * H * n);
-  const auto attention = make_dilated_attention_cuda<T>(spec, B, n, H, D);
+  const auto attention = make_dilated_attention_cuda<T>(spec, B, n, H, D, ds_scratch_bytes);
   const int Tc = static_cast<int>(n);
   const double forward_ms = median_ms(
       [&] { attention->forward(out.get(), lse.get(), q.get(), k.get(), v.get(), B, Tc, H, D, nullptr); }, 3, 10);
@@ -211,6 +213,16 @@ TEST_CASE("dilated attention on the GPU matches the CPU (bf16)") {
     for (bool causal : {true, false}) check_case<bf16>(c, causal, ++seed);
 }
 
+// The bf16 backward keeps dS for dQ in a scratch (launch_block_attention_backward): the default
+// holds each small case's launch whole; 160 KiB holds one or two tasks of 200 rows (80 KiB causal,
+// 128 KiB not), so those launches run in chunks; 0 makes the dQ kernel recompute dS.
+TEST_CASE("bf16 backward with its dS scratch in chunks of tasks, and without it") {
+  uint64_t seed = 400;
+  for (const int64_t bytes : {int64_t{160} << 10, int64_t{0}})
+    for (const Case& c : small_cases())
+      for (bool causal : {true, false}) check_case<bf16>(c, causal, ++seed, bytes);
+}
+
 TEST_CASE("dilated attention on the GPU matches the CPU at n = 4096, H = 12, four LongNet branches") {
   check_case<float>(kLarge, true, 301);
   check_case<float>(kLarge, false, 302);
@@ -239,6 +251,10 @@ TEST_CASE("timing: bf16, dilated 32k (longnet and head_groups, causal) and dense
   time_case<bf16>("dense causal", dense_as_dilated(1024, true), 16, 1024, 12, 64);
   time_case<bf16>("dilated 32k head_groups causal",
                   DilatedSpec{kLongnet32k.branches, DilatedMode::head_groups, true}, 1, 32768, 12, 64);
+  // The same two without the dS scratch: the dQ kernel recomputes the scores and dP.
+  time_case<bf16>("dense causal, dS recomputed", dense_as_dilated(1024, true), 16, 1024, 12, 64, 0);
+  time_case<bf16>("dilated 32k head_groups, dS recomputed",
+                  DilatedSpec{kLongnet32k.branches, DilatedMode::head_groups, true}, 1, 32768, 12, 64, 0);
   time_case<bf16>("dense causal", dense_as_dilated(1024, true), 8, 1024, 8, 128);
 }
 

@@ -11,6 +11,7 @@
 // D..DMAX-1 and rows past a block's end are zero, so the inner loops have fixed bounds.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -434,6 +435,11 @@ cudaError_t launch_tiles(Kernel kernel, dim3 grid, int threads, int smem_bytes, 
   return cudaGetLastError();
 }
 
+// Whether a batch's dS tiles are kept as a lower triangle (mma::DsTiles): causal, square.
+bool ds_triangular(const BlockAttentionBatch& batch) {
+  return batch.mask == BlockMask::causal && batch.max_nq == batch.max_nk;
+}
+
 // Bytes of the fp32 kernels' shared memory.
 constexpr int bytes(int floats) { return floats * static_cast<int>(sizeof(float)); }
 
@@ -479,7 +485,8 @@ cudaError_t launch_block_attention_backward_dkdv(O* dk, O* dv, const T* dout, co
       return with_tensor_core_head_dim(batch.D, [&]<int D>() {
         return launch_tiles(mma::dkdv_kernel<D, device_type_t<O>>, grid, mma::kThreads, mma::dkdv_smem_bytes<D>(),
                             stream, device_ptr(dk), device_ptr(dv), device_ptr(dout), delta, lse, device_ptr(q),
-                            device_ptr(k), device_ptr(v), batch.tasks, batch.scale, causal, dout_scale, accumulate);
+                            device_ptr(k), device_ptr(v), batch.tasks, batch.scale, causal, dout_scale, accumulate,
+                            mma::DsTiles{});
       });
     }
   }
@@ -516,6 +523,57 @@ cudaError_t launch_block_attention_backward_dq(O* dq, const T* dout, const float
   });
 }
 
+int64_t block_attention_ds_elements_per_task(const BlockAttentionBatch& batch) {
+  if (!tensor_core_head_dim(batch.D)) return 0;
+  const int64_t q_tiles = (batch.max_nq + kTile - 1) / kTile, k_tiles = (batch.max_nk + kTile - 1) / kTile;
+  const int64_t tiles = ds_triangular(batch) ? q_tiles * (q_tiles + 1) / 2 : q_tiles * k_tiles;
+  return tiles * kTile * kTile;
+}
+
+template <typename T, typename O>
+cudaError_t launch_block_attention_backward(O* dq, O* dk, O* dv, const T* dout, const float* delta, const float* lse,
+                                            const T* q, const T* k, const T* v, const BlockAttentionBatch& batch,
+                                            float dout_scale, bool accumulate, bf16* ds_scratch,
+                                            int64_t ds_scratch_elements, cudaStream_t stream) {
+  const int64_t per_task = block_attention_ds_elements_per_task(batch);
+  const int64_t chunk = per_task > 0 && ds_scratch != nullptr ? ds_scratch_elements / per_task : 0;
+  if (!std::is_same_v<T, bf16> || chunk == 0 || !valid(batch)) {
+    if (cudaError_t err = launch_block_attention_backward_dkdv(dk, dv, dout, delta, lse, q, k, v, batch, dout_scale,
+                                                               accumulate, stream);
+        err != cudaSuccess)
+      return err;
+    return launch_block_attention_backward_dq(dq, dout, delta, lse, q, k, v, batch, dout_scale, accumulate, stream);
+  }
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (batch.num_tasks == 0 || batch.max_nq == 0 || batch.max_nk == 0) return cudaSuccess;
+    const bool causal = batch.mask == BlockMask::causal;
+    const mma::DsTiles ds{device_ptr(ds_scratch), (batch.max_nq + kTile - 1) / kTile,
+                          (batch.max_nk + kTile - 1) / kTile, ds_triangular(batch)};
+    // Tasks in chunks whose dS fits the scratch: dK/dV (keeping dS), then dQ from it.
+    for (int64_t first = 0; first < batch.num_tasks; first += chunk) {
+      BlockAttentionBatch part = batch;
+      part.tasks = batch.tasks + first;
+      part.num_tasks = std::min(chunk, batch.num_tasks - first);
+      dim3 key_grid, query_grid;
+      if (!grid_for(part, part.max_nk, key_grid) || !grid_for(part, part.max_nq, query_grid))
+        return cudaErrorInvalidValue;
+      cudaError_t err = with_tensor_core_head_dim(batch.D, [&]<int D>() {
+        return launch_tiles(mma::dkdv_kernel<D, device_type_t<O>>, key_grid, mma::kThreads, mma::dkdv_smem_bytes<D>(),
+                            stream, device_ptr(dk), device_ptr(dv), device_ptr(dout), delta, lse, device_ptr(q),
+                            device_ptr(k), device_ptr(v), part.tasks, batch.scale, causal, dout_scale, accumulate, ds);
+      });
+      if (err != cudaSuccess) return err;
+      err = with_tensor_core_head_dim(batch.D, [&]<int D>() {
+        return launch_tiles(mma::dq_from_ds_kernel<D, device_type_t<O>>, query_grid, mma::kThreads,
+                            mma::dq_from_ds_smem_bytes<D>(), stream, device_ptr(dq), ds, device_ptr(k), part.tasks,
+                            batch.scale, causal, accumulate);
+      });
+      if (err != cudaSuccess) return err;
+    }
+  }
+  return cudaSuccess;
+}
+
 template <typename T>
 cudaError_t launch_attention_row_delta(float* delta, const T* dout, const T* out, int B, int64_t n, int H, int D,
                                        cudaStream_t stream) {
@@ -550,7 +608,11 @@ cudaError_t launch_convert_from_float(T* out, const float* in, int64_t count, cu
   template cudaError_t launch_block_attention_backward_dq<T, O>(O*, const T*, const float*, const float*,        \
                                                                 const T*, const T*, const T*,                     \
                                                                 const BlockAttentionBatch&, float, bool,          \
-                                                                cudaStream_t);
+                                                                cudaStream_t);                                    \
+  template cudaError_t launch_block_attention_backward<T, O>(O*, O*, O*, const T*, const float*, const float*,   \
+                                                             const T*, const T*, const T*,                        \
+                                                             const BlockAttentionBatch&, float, bool, bf16*,      \
+                                                             int64_t, cudaStream_t);
 
 DILATRON_INSTANTIATE_BLOCK_ATTENTION_CUDA(float, float)
 DILATRON_INSTANTIATE_BLOCK_ATTENTION_CUDA(bf16, bf16)

@@ -10,7 +10,8 @@
 // tiles) and the dQ kernel (a CTA per query tile, looping over key tiles) recompute the
 // probabilities from the FINAL lse and use the FINAL delta = rowsum(dout * out), exactly as
 // block_attention_backward; they write or add (+=) their result. No atomics: the result is
-// deterministic. No (nq, nk) matrix is ever stored beyond one 64 x 64 tile per CTA.
+// deterministic. The forward never stores an (nq, nk) matrix; the backward may keep dS for a
+// bounded chunk of tasks (launch_block_attention_backward).
 //
 // bf16 inputs at D = 64 and 128 run the products on tensor cores (mma.sync m16n8k16, fp32
 // accumulation; probabilities and dS rounded to bf16 before their products, as FlashAttention
@@ -80,6 +81,20 @@ template <typename T, typename O>
 cudaError_t launch_block_attention_backward_dq(O* dq, const T* dout, const float* delta, const float* lse,
                                                const T* q, const T* k, const T* v, const BlockAttentionBatch& batch,
                                                float dout_scale, bool accumulate, cudaStream_t stream);
+
+// Both gradients, as the two launchers above, but for bf16 inputs on the tensor cores (D = 64 or
+// 128) the dK/dV kernel also leaves dS (bf16, the values its dK product used) in ds_scratch and
+// dQ is one product per tile from it instead of recomputing the scores and dP (seven products
+// per tile pair become five). Tasks run in chunks whose dS fits ds_scratch_elements; where not
+// even one task fits (or ds_scratch is null, or T is float) it runs the two launchers above.
+// Deterministic either way. block_attention_ds_elements_per_task: the bf16 elements one task of
+// the batch needs (0 where the batch never keeps dS).
+int64_t block_attention_ds_elements_per_task(const BlockAttentionBatch& batch);
+template <typename T, typename O>
+cudaError_t launch_block_attention_backward(O* dq, O* dk, O* dv, const T* dout, const float* delta, const float* lse,
+                                            const T* q, const T* k, const T* v, const BlockAttentionBatch& batch,
+                                            float dout_scale, bool accumulate, bf16* ds_scratch,
+                                            int64_t ds_scratch_elements, cudaStream_t stream);
 
 // delta (B, H, n) := rowsum(dout * out) of (B, n, H, D) tensors, in fp32.
 template <typename T>

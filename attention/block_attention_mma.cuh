@@ -91,6 +91,27 @@ constexpr int dkdv_smem_bytes() {
   return (2 + 2 * 2) * kTileBytes<D> + 2 * 2 * kTile * static_cast<int>(sizeof(float));
 }
 
+template <int D>
+constexpr int dq_from_ds_smem_bytes() {
+  return 2 * (kTileBytes<kTile> + kTileBytes<D>);  // dS^T and k per stage
+}
+
+// Where the dK/dV kernel leaves dS for the dQ kernel (launch_block_attention_backward): one
+// 64 x 64 bf16 tile per (task, query tile, key tile) the mask lets through, stored transposed
+// (row = key, column = query, rows of 64). Causal batches keep only the lower triangle
+// (key tile <= query tile), which halves the scratch. base == nullptr: no dS is kept.
+struct DsTiles {
+  bf16_t* base;
+  int q_tiles, k_tiles;
+  bool triangular;
+  __device__ __forceinline__ bf16_t* tile(int64_t task, int q_tile, int k_tile) const {
+    const int64_t per_task = triangular ? int64_t{q_tiles} * (q_tiles + 1) / 2 : int64_t{q_tiles} * k_tiles;
+    const int64_t in_task =
+        triangular ? int64_t{q_tile} * (q_tile + 1) / 2 + k_tile : int64_t{q_tile} * k_tiles + k_tile;
+    return base + (task * per_task + in_task) * (kTile * kTile);
+  }
+};
+
 // The CTA's dynamic shared memory.
 __device__ __forceinline__ unsigned char* dynamic_shared_memory() {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -447,7 +468,7 @@ template <int D, typename O>
 __global__ void __launch_bounds__(kThreads)
     dkdv_kernel(O* dk, O* dv, const bf16_t* dout, const float* delta, const float* lse, const bf16_t* q,
                 const bf16_t* k, const bf16_t* v, const DeviceBlockTask* tasks, float scale, bool causal,
-                float dout_scale, bool accumulate) {
+                float dout_scale, bool accumulate, DsTiles ds) {
   constexpr int kQueries = kDkdvQueries<D>;
   const DeviceBlockTask task = tasks[blockIdx.x];
   const int tile = static_cast<int>(blockIdx.y);  // lowest key tiles first: under a causal mask most queries see them
@@ -518,6 +539,16 @@ __global__ void __launch_bounds__(kThreads)
         }
       mma_weights_rows<D, kQueries>(dv_acc, s, queries.second(stage), c0, lane);
       mma_weights_rows<D, kQueries>(dk_acc, dp, queries.first(stage), c0, lane);
+      if (ds.base != nullptr) {
+        // The same bf16 pairs mma_weights_rows fed to the dK product, so dQ sees the same dS.
+        bf16_t* ds_tile = ds.tile(blockIdx.x, q0 / kTile, tile);
+#pragma unroll
+        for (int j = 0; j < kQueries / 8; ++j)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            *reinterpret_cast<uint32_t*>(ds_tile + (16 * warp + g + 8 * h) * kTile + c0 + 8 * j + 2 * t) =
+                pack_bf16x2(dp[j][2 * h], dp[j][2 * h + 1]);
+      }
     }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
@@ -599,6 +630,68 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int qi = q0 + 16 * warp + g + 8 * h;
+    if (qi >= task.nq) continue;
+    store_gradient_row<D>(dq + task.q_offset + static_cast<int64_t>(qi) * task.q_stride, dq_acc, h, scale, t,
+                          accumulate);
+  }
+}
+
+// dQ from the dS tiles the dK/dV kernel left (DsTiles): one product per tile (dS k) where dq_kernel
+// recomputes the scores and dP first (three). A CTA per 64-query tile streams (dS^T, k) tile pairs
+// through two stages, as dq_kernel streams (k, v).
+template <int D, typename O>
+__global__ void __launch_bounds__(kThreads)
+    dq_from_ds_kernel(O* dq, DsTiles ds, const bf16_t* k, const DeviceBlockTask* tasks, float scale, bool causal,
+                      bool accumulate) {
+  const DeviceBlockTask task = tasks[blockIdx.x];
+  const int tile = static_cast<int>(gridDim.y - 1 - blockIdx.y);  // highest query tiles first (most keys when causal)
+  if (tile * kTile >= task.nq) return;
+  const int q0 = tile * kTile;
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int t = lane % 4;
+
+  // (dS^T, k) of stage 0, then of stage 1.
+  bf16_t* smem = reinterpret_cast<bf16_t*>(dynamic_shared_memory());
+  auto ds_stage = [&](int stage) { return smem + stage * (kTileElements<kTile> + kTileElements<D>); };
+  auto k_stage = [&](int stage) { return ds_stage(stage) + kTileElements<kTile>; };
+  auto load_keys = [&](int stage, int k0) {
+    load_tile_async<kTile>(ds_stage(stage), ds.tile(blockIdx.x, tile, k0 / kTile), kTile, 0, kTile);
+    load_tile_async<D>(k_stage(stage), k + task.k_offset, task.k_stride, k0, task.nk);
+  };
+  const int keys = key_end(task, q0, causal);
+  if (keys > 0) load_keys(0, 0);
+  commit_copies();
+  float dq_acc[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) dq_acc[j][0] = dq_acc[j][1] = dq_acc[j][2] = dq_acc[j][3] = 0.0f;
+
+  for (int k0 = 0, stage = 0; k0 < keys; k0 += kTile, stage ^= 1) {
+    if (k0 + kTile < keys) load_keys(stage ^ 1, k0 + kTile);  // the last iteration's barrier freed it
+    commit_copies();
+    wait_copies<1>();
+    __syncthreads();
+#pragma unroll
+    for (int kc = 0; kc < kTile / 16; ++kc) {
+      // The A fragment of dS (this warp's 16 queries x keys [16 kc, 16 kc + 16)) from the transposed
+      // tile: the transposing load of the 8 x 8 blocks (keys, queries).
+      uint32_t af[4];
+      ldmatrix_x4_trans(af, ds_stage(stage) + (16 * kc + lane % 8 + 8 * (lane / 16)) * kRow<kTile> + 16 * warp +
+                                8 * (lane / 8 % 2));
+#pragma unroll
+      for (int jp = 0; jp < D / 16; ++jp) {
+        uint32_t bf[4];
+        load_b_k_rows<D>(bf, k_stage(stage), 16 * kc, 16 * jp, lane);
+        mma_bf16(dq_acc[2 * jp], af, bf[0], bf[1]);
+        mma_bf16(dq_acc[2 * jp + 1], af, bf[2], bf[3]);
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
+  }
+
+  const int g = lane / 4;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int qi = q0 + 16 * warp + g + 8 * h;

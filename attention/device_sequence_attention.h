@@ -31,9 +31,15 @@ class DeviceSequenceAttention {
 // Dilated attention over a sequence one rank holds whole (Tc == n). Allocates its workspace once, here,
 // for up to max_B x n x H x D (through core/device_allocator.h: device_allocator() / DeviceArray).
 // Throws InputError (validate_dilated_spec) for a spec that does not fit, and for D > 128.
+// ds_scratch_bytes caps the bf16 backward's dS scratch (launch_block_attention_backward): bigger
+// launches run in chunks of tasks, and one whose single task does not fit recomputes dS in the dQ
+// kernel instead. 256 MiB holds a whole GPT-2 1k micro-batch (B 16, H 12) in two chunks.
+inline constexpr int64_t kDefaultDsScratchBytes = int64_t{256} << 20;
 template <typename T>
 std::unique_ptr<DeviceSequenceAttention<T>> make_dilated_attention_cuda(const DilatedSpec& spec, int max_B,
-                                                                         int64_t n, int H, int D);
+                                                                         int64_t n, int H, int D,
+                                                                         int64_t ds_scratch_bytes =
+                                                                             kDefaultDsScratchBytes);
 
 }  // namespace dilatron
 #endif

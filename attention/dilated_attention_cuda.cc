@@ -80,7 +80,7 @@ namespace {
 template <typename T>
 class DilatedAttentionCuda final : public DeviceSequenceAttention<T> {
  public:
-  DilatedAttentionCuda(const DilatedSpec& spec, int max_B, int64_t n, int H, int D)
+  DilatedAttentionCuda(const DilatedSpec& spec, int max_B, int64_t n, int H, int D, int64_t ds_scratch_bytes)
       : plan_(plan_dilated_attention(spec, max_B, n, H, D)), causal_(spec.causal), max_B_(max_B), n_(n), H_(H),
         D_(D) {
     const int64_t elements = static_cast<int64_t>(max_B) * n * H * D;
@@ -89,6 +89,16 @@ class DilatedAttentionCuda final : public DeviceSequenceAttention<T> {
       DILATRON_CUDA_CHECK(cudaMemcpy(tasks.data(), launch.tasks.data(), launch.tasks.size() * sizeof(DeviceBlockTask),
                                      cudaMemcpyHostToDevice));
       tasks_.push_back(std::move(tasks));
+    }
+    if constexpr (std::is_same_v<T, bf16>) {
+      // The largest launch's dS, up to the cap; a launch that needs more runs in chunks.
+      int64_t wanted = 0;
+      for (size_t i = 0; i < plan_.launches.size(); ++i) {
+        const BlockAttentionBatch b = batch(i, max_B);
+        wanted = std::max(wanted, block_attention_ds_elements_per_task(b) * b.num_tasks);
+      }
+      const int64_t elements = std::min(wanted, ds_scratch_bytes / static_cast<int64_t>(sizeof(bf16)));
+      if (elements > 0) ds_scratch_ = DeviceArray<bf16>(elements, nullptr);
     }
     delta_ = DeviceArray<float>(static_cast<int64_t>(max_B) * H * n, nullptr);
     // bf16 with merges across branches: out (forward) and dq, dk, dv (backward) go through fp32;
@@ -164,10 +174,9 @@ class DilatedAttentionCuda final : public DeviceSequenceAttention<T> {
     }
     for (size_t i = 0; i < plan_.launches.size(); ++i) {
       const bool accumulate = plan_.launches[i].accumulate;
-      DILATRON_CUDA_CHECK(launch_block_attention_backward_dkdv(dk, dv, dout, delta_.data(), lse, q, k, v,
-                                                               batch(i, B), out_scale(), accumulate, stream));
-      DILATRON_CUDA_CHECK(launch_block_attention_backward_dq(dq, dout, delta_.data(), lse, q, k, v, batch(i, B),
-                                                             out_scale(), accumulate, stream));
+      DILATRON_CUDA_CHECK(launch_block_attention_backward(dq, dk, dv, dout, delta_.data(), lse, q, k, v, batch(i, B),
+                                                          out_scale(), accumulate, ds_scratch_.data(),
+                                                          ds_scratch_.size(), stream));
     }
   }
 
@@ -179,20 +188,24 @@ class DilatedAttentionCuda final : public DeviceSequenceAttention<T> {
   std::vector<DeviceArray<DeviceBlockTask>> tasks_;  // per launch, device
   DeviceArray<float> delta_;                         // (max_B, H, n)
   DeviceArray<float> dq_acc_, dk_acc_, dv_acc_;      // (max_B, n, H, D), bf16 multi-branch only
+  DeviceArray<bf16> ds_scratch_;                     // bf16 only: the backward's dS, see the constructor
 };
 
 }  // namespace
 
 template <typename T>
 std::unique_ptr<DeviceSequenceAttention<T>> make_dilated_attention_cuda(const DilatedSpec& spec, int max_B,
-                                                                         int64_t n, int H, int D) {
-  return std::make_unique<DilatedAttentionCuda<T>>(spec, max_B, n, H, D);
+                                                                         int64_t n, int H, int D,
+                                                                         int64_t ds_scratch_bytes) {
+  return std::make_unique<DilatedAttentionCuda<T>>(spec, max_B, n, H, D, ds_scratch_bytes);
 }
 
 template std::unique_ptr<DeviceSequenceAttention<float>> make_dilated_attention_cuda<float>(const DilatedSpec&, int,
-                                                                                             int64_t, int, int);
+                                                                                             int64_t, int, int,
+                                                                                             int64_t);
 template std::unique_ptr<DeviceSequenceAttention<bf16>> make_dilated_attention_cuda<bf16>(const DilatedSpec&, int,
-                                                                                           int64_t, int, int);
+                                                                                           int64_t, int, int,
+                                                                                           int64_t);
 #endif
 
 }  // namespace dilatron

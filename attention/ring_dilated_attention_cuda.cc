@@ -178,6 +178,16 @@ RingDilatedAttentionCuda<T>::RingDilatedAttentionCuda(const DilatedSpec& spec, i
   if constexpr (!std::is_same_v<T, float>) {
     for (DeviceArray<float>* acc : {&out_dq_acc_, &dk_acc_, &dv_acc_})
       *acc = DeviceArray<float>(elements(max_B), nullptr);
+    // The local branches' backward keeps dS for dQ (launch_block_attention_backward), as the
+    // single-rank attention does, within the same cap.
+    int64_t wanted = 0;
+    for (size_t i = 0; i < plan_.branches.size(); ++i) {
+      if (plan_.branches[i].spanning) continue;
+      const BlockAttentionBatch b = batch(i, max_B, plan_.branches[i].segment.mask(0));
+      wanted = std::max(wanted, block_attention_ds_elements_per_task(b) * b.num_tasks);
+    }
+    const int64_t elements = std::min(wanted, kDefaultDsScratchBytes / static_cast<int64_t>(sizeof(bf16)));
+    if (elements > 0) ds_scratch_ = DeviceArray<bf16>(elements, nullptr);
   }
   if (plan_.max_packed_per_batch > 0) {
     const int64_t message = 2 * max_B * plan_.max_packed_per_batch;
@@ -286,10 +296,9 @@ void RingDilatedAttentionCuda<T>::local_backward(size_t i, const BackwardArgs& a
   if (!computes()) return;
   const BlockAttentionBatch tasks = batch(i, a.B, mask);
   const float dout_scale = static_cast<float>(plan_.out_scale);
-  DILATRON_CUDA_CHECK(launch_block_attention_backward_dkdv(a.dk, a.dv, a.dout, delta_.data(), a.lse, a.q, a.k, a.v,
-                                                           tasks, dout_scale, true, a.stream));
-  DILATRON_CUDA_CHECK(launch_block_attention_backward_dq(a.dq, a.dout, delta_.data(), a.lse, a.q, a.k, a.v, tasks,
-                                                         dout_scale, true, a.stream));
+  DILATRON_CUDA_CHECK(launch_block_attention_backward(a.dq, a.dk, a.dv, a.dout, delta_.data(), a.lse, a.q, a.k, a.v,
+                                                      tasks, dout_scale, true, ds_scratch_.data(), ds_scratch_.size(),
+                                                      a.stream));
 }
 
 // The steps of RingBackwardStep: every transfer of step s is issued before step s computes; the

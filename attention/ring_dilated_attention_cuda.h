@@ -181,6 +181,7 @@ class RingDilatedAttentionCuda final : public DeviceSequenceAttention<T> {
   DeviceArray<float> delta_;                          // (max_B, H, Tc)
   // bf16 only: out (forward) and dq (backward) share one; (max_B, Tc, H, D) each.
   DeviceArray<float> out_dq_acc_, dk_acc_, dv_acc_;
+  DeviceArray<bf16> ds_scratch_;  // bf16 only: the local branches' dS (launch_block_attention_backward)
   // Spanning branches: two packed K/V blocks (T) and four packed dK/dV partials (fp32: two being
   // computed / sent, one arriving from prev, one arriving home), 2 * max_B * max_packed each.
   DeviceArray<T> kv_[2];
