@@ -257,8 +257,7 @@ void GptCuda<T>::block_forward(int layer, const T* weights, const BlockActivatio
   }
   {
     DILATRON_PROFILE("fwd.matmul.proj+residual", stream_);
-    matmul_forward(a.x_mid, a.att, w.proj_w, w.proj_b, N, C, C, matmul_, stream_);
-    residual_forward(device_ptr(a.x_mid), device_ptr(x_in), N * C, stream_);
+    matmul_forward_residual(a.x_mid, a.att, w.proj_w, w.proj_b, x_in, N, C, C, matmul_, stream_);
   }
   {
     DILATRON_PROFILE("fwd.norm", stream_);
@@ -271,8 +270,7 @@ void GptCuda<T>::block_forward(int layer, const T* weights, const BlockActivatio
   }
   if (x_out != nullptr) {
     DILATRON_PROFILE("fwd.matmul.fcproj+residual", stream_);
-    matmul_forward(x_out, a.fc_gelu, w.fcproj_w, w.fcproj_b, N, F, C, matmul_, stream_);
-    residual_forward(device_ptr(x_out), device_ptr(a.x_mid), N * C, stream_);
+    matmul_forward_residual(x_out, a.fc_gelu, w.fcproj_w, w.fcproj_b, a.x_mid, N, F, C, matmul_, stream_);
   }
 }
 

@@ -276,18 +276,31 @@ void check_matmul(const char* label, const MatmulShape& s, double tolerance, Mat
   matmul_forward(d_out.ptr, gpu_inp, d_weight.ptr, s.bias ? d_bias.ptr : nullptr, s.N, s.IC, s.OC, ctx, nullptr);
   matmul_backward(d_dinp.ptr, d_dweight.ptr, s.bias ? d_dbias.ptr : nullptr, d_dout.ptr, gpu_inp, d_weight.ptr,
                   s.N, s.IC, s.OC, ctx, nullptr);
+  // The same forward with the residual added in the GEMM (matmul_forward_residual); the output
+  // is poisoned first.
+  std::vector<float> residual_values = random_normals(seed, 7, N * OC, 1.0);
+  const std::vector<T> t_residual = device_values<T>(residual_values);
+  const std::vector<float> residual = to_floats(t_residual);
+  std::vector<float> want_out_residual(N * OC);
+  for (size_t i = 0; i < N * OC; ++i) want_out_residual[i] = want_out[i] + residual[i];
+  DeviceArray<T> d_residual(t_residual), d_out_residual(N * OC);
+  DILATRON_CUDA_CHECK(cudaMemset(d_out_residual.ptr, 0xff, N * OC * sizeof(T)));  // NaN in fp32 and bf16
+  matmul_forward_residual(d_out_residual.ptr, gpu_inp, d_weight.ptr, s.bias ? d_bias.ptr : nullptr, d_residual.ptr,
+                          s.N, s.IC, s.OC, ctx, nullptr);
+  const double err_out_residual = max_relative_error(to_floats(d_out_residual.download()), want_out_residual);
   const double err_out = max_relative_error(to_floats(d_out.download()), want_out);
   const double err_dinp = max_relative_error(to_floats(d_dinp.download()), want_dinp);
   const double err_dweight = max_relative_error(d_dweight.download(), want_dweight);
   const double err_dbias = max_relative_error(d_dbias.download(), want_dbias);
   const double sum_tolerance = std::is_same_v<T, bf16> ? kFp32SumTolerance : kFp32Tolerance;
 
-  std::printf("matmul %-4s N=%-5zu IC=%-4zu OC=%-4zu bias=%d inp_offset=%zu | out %.2e  dinp %.2e (tol %.0e) | "
-              "dweight %.2e  dbias %.2e (tol %.0e)\n",
-              label, N, IC, OC, s.bias, inp_offset, err_out, err_dinp, tolerance, err_dweight, err_dbias,
-              sum_tolerance);
+  std::printf("matmul %-4s N=%-5zu IC=%-4zu OC=%-4zu bias=%d inp_offset=%zu | out %.2e  out+residual %.2e  dinp "
+              "%.2e (tol %.0e) | dweight %.2e  dbias %.2e (tol %.0e)\n",
+              label, N, IC, OC, s.bias, inp_offset, err_out, err_out_residual, err_dinp, tolerance, err_dweight,
+              err_dbias, sum_tolerance);
   INFO(label, " N = ", N, " IC = ", IC, " OC = ", OC, " bias = ", s.bias, " inp_offset = ", inp_offset);
   CHECK(err_out <= tolerance);
+  CHECK(err_out_residual <= tolerance);
   CHECK(err_dinp <= tolerance);
   CHECK(err_dweight <= sum_tolerance);
   CHECK(err_dbias <= sum_tolerance);

@@ -147,11 +147,13 @@ struct Epilogue {
   }
 };
 
-// D_i (m, n) = epilogue(op(A_i) (m, k) . op(B_i) (k, n) + beta * D_i) for i < batch.count,
-// column-major, fp32 compute. D doubles as C, so beta = 1 accumulates in place.
+// D_i (m, n) = epilogue(op(A_i) (m, k) . op(B_i) (k, n) + beta * C_i) for i < batch.count,
+// column-major, fp32 compute. C is D unless c is given (then laid out as D, not aliasing it), so
+// beta = 1 accumulates in place.
 void lt_matmul(const Operand& a, bool transpose_a, const Operand& b, bool transpose_b, void* d,
                const Operand& d_shape, float beta, const Epilogue& epilogue, const Batch& batch, MatmulContext& ctx,
-               cudaStream_t stream) {
+               cudaStream_t stream, const void* c = nullptr) {
+  if (c == nullptr) c = d;
   MatmulDesc desc;
   desc.set(CUBLASLT_MATMUL_DESC_TRANSA, transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N);
   desc.set(CUBLASLT_MATMUL_DESC_TRANSB, transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N);
@@ -184,11 +186,12 @@ void lt_matmul(const Operand& a, bool transpose_a, const Operand& b, bool transp
   const uint32_t a_alignment = alignment_of(a.ptr, a.type, batch.count, batch.a_stride);
   const uint32_t b_alignment = alignment_of(b.ptr, b.type, batch.count, batch.b_stride);
   const uint32_t d_alignment = alignment_of(d, d_shape.type, batch.count, batch.d_stride);
+  const uint32_t c_alignment = alignment_of(c, d_shape.type, batch.count, batch.d_stride);
   Preference pref;
   pref.set(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<uint64_t>(ctx.workspace_bytes()));
   pref.set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, a_alignment);
   pref.set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, b_alignment);
-  pref.set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, d_alignment);
+  pref.set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, c_alignment);
   pref.set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, d_alignment);
 
   cublasLtMatmulHeuristicResult_t heuristic{};
@@ -204,7 +207,7 @@ void lt_matmul(const Operand& a, bool transpose_a, const Operand& b, bool transp
                  batch.a_stride, batch.b_stride, batch.d_stride);
   const float alpha = 1.0f;
   DILATRON_CUBLAS_CHECK(cublasLtMatmul(ctx.handle(), desc.get(), &alpha, a.ptr, a_layout.get(), b.ptr,
-                                       b_layout.get(), &beta, d, d_layout.get(), d, d_layout.get(),
+                                       b_layout.get(), &beta, c, d_layout.get(), d, d_layout.get(),
                                        &heuristic.algo, ctx.workspace(), ctx.workspace_bytes(), stream));
 }
 
@@ -223,10 +226,10 @@ void check_shape(int64_t N, int IC, int OC, const Layers& layers) {
                  layers.out_stride);
 }
 
-// out_i^T (OC, N) = (W_i as (IC, OC))^T . (inp as (IC, N)), then the epilogue.
+// out_i^T (OC, N) = (W_i as (IC, OC))^T . (inp as (IC, N)) [+ residual^T], then the epilogue.
 template <typename T>
 void forward(T* out, const T* inp, const T* weight, int64_t N, int IC, int OC, const Epilogue& epilogue,
-             const Layers& layers, MatmulContext& ctx, cudaStream_t stream) {
+             const Layers& layers, MatmulContext& ctx, cudaStream_t stream, const T* residual = nullptr) {
   check_shape(N, IC, OC, layers);
   if (N == 0) return;
   const auto n = static_cast<uint64_t>(N);
@@ -234,7 +237,7 @@ void forward(T* out, const T* inp, const T* weight, int64_t N, int IC, int OC, c
   const int64_t weight_numel = static_cast<int64_t>(OC) * IC;
   const Batch batch{.count = layers.count, .a_stride = weight_numel, .d_stride = layers.out_stride, .bias_stride = OC};
   lt_matmul({weight, t, uint64_t(IC), uint64_t(OC), IC}, true, {inp, t, uint64_t(IC), n, IC}, false, out,
-            {out, t, uint64_t(OC), n, OC}, 0.0f, epilogue, batch, ctx, stream);
+            {out, t, uint64_t(OC), n, OC}, residual != nullptr ? 1.0f : 0.0f, epilogue, batch, ctx, stream, residual);
 }
 
 // dinp^T (IC, N) = epilogue(sum_i (W_i as (IC, OC)) . (dout_i as (OC, N)) [+ dinp^T]), one GEMM
@@ -281,6 +284,17 @@ void matmul_forward(bf16* out, const bf16* inp, const bf16* weight, const bf16* 
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N, int IC,
                     int OC, MatmulContext& ctx, cudaStream_t stream) {
   forward(out, inp, weight, N, IC, OC, Epilogue{.bias = bias}, Layers{}, ctx, stream);
+}
+void matmul_forward_residual(bf16* out, const bf16* inp, const bf16* weight, const bf16* bias, const bf16* residual,
+                             int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream) {
+  DILATRON_CHECK(residual != out, "matmul_forward_residual: the residual must not be the output");
+  forward(out, inp, weight, N, IC, OC, Epilogue{.bias = bias}, Layers{}, ctx, stream, residual);
+}
+void matmul_forward_residual(float* out, const float* inp, const float* weight, const float* bias,
+                             const float* residual, int64_t N, int IC, int OC, MatmulContext& ctx,
+                             cudaStream_t stream) {
+  DILATRON_CHECK(residual != out, "matmul_forward_residual: the residual must not be the output");
+  forward(out, inp, weight, N, IC, OC, Epilogue{.bias = bias}, Layers{}, ctx, stream, residual);
 }
 void matmul_backward(bf16* dinp, float* dweight, float* dbias, const bf16* dout, const bf16* inp,
                      const bf16* weight, int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream,

@@ -56,6 +56,15 @@ void matmul_forward(bf16* out, const bf16* inp, const bf16* weight, const bf16* 
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N, int IC,
                     int OC, MatmulContext& ctx, cudaStream_t stream);
 
+// out (N, OC) = inp . weight^T + bias + residual (N, OC): a transformer block's residual add in
+// the GEMM (cuBLASLt's C operand), so out is written once instead of written, read back and
+// rewritten by a separate add, and rounded to T once. residual must not be out; bias may be null.
+void matmul_forward_residual(bf16* out, const bf16* inp, const bf16* weight, const bf16* bias, const bf16* residual,
+                             int64_t N, int IC, int OC, MatmulContext& ctx, cudaStream_t stream);
+void matmul_forward_residual(float* out, const float* inp, const float* weight, const float* bias,
+                             const float* residual, int64_t N, int IC, int OC, MatmulContext& ctx,
+                             cudaStream_t stream);
+
 enum class DinpRule { write, accumulate };
 
 // dinp (N, IC) = (or +=) dout . weight; dweight (OC, IC) += dout^T . inp; dbias (OC) += column sums of
