@@ -440,6 +440,14 @@ bool ds_triangular(const BlockAttentionBatch& batch) {
   return batch.mask == BlockMask::causal && batch.max_nq == batch.max_nk;
 }
 
+// The bf16 dS elements one task of the batch keeps (mma::DsTiles); 0 where it keeps none.
+int64_t ds_elements_per_task(const BlockAttentionBatch& batch) {
+  if (!tensor_core_head_dim(batch.D)) return 0;
+  const int64_t q_tiles = (batch.max_nq + kTile - 1) / kTile, k_tiles = (batch.max_nk + kTile - 1) / kTile;
+  const int64_t tiles = ds_triangular(batch) ? q_tiles * (q_tiles + 1) / 2 : q_tiles * k_tiles;
+  return tiles * kTile * kTile;
+}
+
 // Bytes of the fp32 kernels' shared memory.
 constexpr int bytes(int floats) { return floats * static_cast<int>(sizeof(float)); }
 
@@ -523,11 +531,11 @@ cudaError_t launch_block_attention_backward_dq(O* dq, const T* dout, const float
   });
 }
 
-int64_t block_attention_ds_elements_per_task(const BlockAttentionBatch& batch) {
-  if (!tensor_core_head_dim(batch.D)) return 0;
-  const int64_t q_tiles = (batch.max_nq + kTile - 1) / kTile, k_tiles = (batch.max_nk + kTile - 1) / kTile;
-  const int64_t tiles = ds_triangular(batch) ? q_tiles * (q_tiles + 1) / 2 : q_tiles * k_tiles;
-  return tiles * kTile * kTile;
+int64_t block_attention_ds_scratch_elements(const std::vector<BlockAttentionBatch>& batches, int64_t cap_bytes) {
+  int64_t wanted = 0;
+  for (const BlockAttentionBatch& batch : batches)
+    wanted = std::max(wanted, ds_elements_per_task(batch) * batch.num_tasks);
+  return std::min(wanted, cap_bytes / static_cast<int64_t>(sizeof(bf16)));
 }
 
 template <typename T, typename O>
@@ -535,7 +543,7 @@ cudaError_t launch_block_attention_backward(O* dq, O* dk, O* dv, const T* dout, 
                                             const T* q, const T* k, const T* v, const BlockAttentionBatch& batch,
                                             float dout_scale, bool accumulate, bf16* ds_scratch,
                                             int64_t ds_scratch_elements, cudaStream_t stream) {
-  const int64_t per_task = block_attention_ds_elements_per_task(batch);
+  const int64_t per_task = ds_elements_per_task(batch);
   const int64_t chunk = per_task > 0 && ds_scratch != nullptr ? ds_scratch_elements / per_task : 0;
   if (!std::is_same_v<T, bf16> || chunk == 0 || !valid(batch)) {
     if (cudaError_t err = launch_block_attention_backward_dkdv(dk, dv, dout, delta, lse, q, k, v, batch, dout_scale,

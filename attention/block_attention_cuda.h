@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "attention/block_attention.h"
 #include "core/bf16.h"
@@ -87,9 +88,9 @@ cudaError_t launch_block_attention_backward_dq(O* dq, const T* dout, const float
 // dQ is one product per tile from it instead of recomputing the scores and dP (seven products
 // per tile pair become five). Tasks run in chunks whose dS fits ds_scratch_elements; where not
 // even one task fits (or ds_scratch is null, or T is float) it runs the two launchers above.
-// Deterministic either way. block_attention_ds_elements_per_task: the bf16 elements one task of
-// the batch needs (0 where the batch never keeps dS).
-int64_t block_attention_ds_elements_per_task(const BlockAttentionBatch& batch);
+// Deterministic either way. block_attention_ds_scratch_elements: the bf16 elements a scratch
+// needs to hold the largest of `batches` whole, at most cap_bytes (0 where none keeps dS).
+int64_t block_attention_ds_scratch_elements(const std::vector<BlockAttentionBatch>& batches, int64_t cap_bytes);
 template <typename T, typename O>
 cudaError_t launch_block_attention_backward(O* dq, O* dk, O* dv, const T* dout, const float* delta, const float* lse,
                                             const T* q, const T* k, const T* v, const BlockAttentionBatch& batch,

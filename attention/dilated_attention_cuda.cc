@@ -92,12 +92,9 @@ class DilatedAttentionCuda final : public DeviceSequenceAttention<T> {
     }
     if constexpr (std::is_same_v<T, bf16>) {
       // The largest launch's dS, up to the cap; a launch that needs more runs in chunks.
-      int64_t wanted = 0;
-      for (size_t i = 0; i < plan_.launches.size(); ++i) {
-        const BlockAttentionBatch b = batch(i, max_B);
-        wanted = std::max(wanted, block_attention_ds_elements_per_task(b) * b.num_tasks);
-      }
-      const int64_t elements = std::min(wanted, ds_scratch_bytes / static_cast<int64_t>(sizeof(bf16)));
+      std::vector<BlockAttentionBatch> launches;
+      for (size_t i = 0; i < plan_.launches.size(); ++i) launches.push_back(batch(i, max_B));
+      const int64_t elements = block_attention_ds_scratch_elements(launches, ds_scratch_bytes);
       if (elements > 0) ds_scratch_ = DeviceArray<bf16>(elements, nullptr);
     }
     delta_ = DeviceArray<float>(static_cast<int64_t>(max_B) * H * n, nullptr);

@@ -180,13 +180,10 @@ RingDilatedAttentionCuda<T>::RingDilatedAttentionCuda(const DilatedSpec& spec, i
       *acc = DeviceArray<float>(elements(max_B), nullptr);
     // The local branches' backward keeps dS for dQ (launch_block_attention_backward), as the
     // single-rank attention does, within the same cap.
-    int64_t wanted = 0;
-    for (size_t i = 0; i < plan_.branches.size(); ++i) {
-      if (plan_.branches[i].spanning) continue;
-      const BlockAttentionBatch b = batch(i, max_B, plan_.branches[i].segment.mask(0));
-      wanted = std::max(wanted, block_attention_ds_elements_per_task(b) * b.num_tasks);
-    }
-    const int64_t elements = std::min(wanted, kDefaultDsScratchBytes / static_cast<int64_t>(sizeof(bf16)));
+    std::vector<BlockAttentionBatch> local;
+    for (size_t i = 0; i < plan_.branches.size(); ++i)
+      if (!plan_.branches[i].spanning) local.push_back(batch(i, max_B, plan_.branches[i].segment.mask(0)));
+    const int64_t elements = block_attention_ds_scratch_elements(local, kDefaultDsScratchBytes);
     if (elements > 0) ds_scratch_ = DeviceArray<bf16>(elements, nullptr);
   }
   if (plan_.max_packed_per_batch > 0) {
