@@ -670,6 +670,46 @@ TEST_CASE("timing: bf16 matmul at GPT-2 MLP size (N=8192, IC=768, OC=3072), for 
   CHECK(std::all_of(result.begin(), result.end(), [](bf16 x) { return std::isfinite(x.to_float()); }));
 }
 
+// What the bias gradient costs in each backward of a GPT-2 block's linear layers (q/k/v batched,
+// proj, fc, fcproj) at one 16k-token micro-batch: matmul_backward with and without dbias, and the
+// column sums alone.
+TEST_CASE("timing: the bias gradient of the GPT-2 block's linear layers (N=16384, C=768)") {
+  const int64_t N = 16384;
+  const auto n = static_cast<size_t>(N);
+  MatmulContext ctx;
+  struct Layer {
+    const char* name;
+    int IC, OC, batch;
+  };
+  for (const Layer& layer : {Layer{"qkv", 768, 768, 3}, Layer{"proj", 768, 768, 1}, Layer{"fc", 768, 3072, 1},
+                             Layer{"fcproj", 3072, 768, 1}}) {
+    const auto OC = static_cast<size_t>(layer.OC);
+    const size_t outputs = n * OC * layer.batch, weights = OC * layer.IC * layer.batch;
+    DeviceArray<bf16> inp(uniform_bf16(1, n * layer.IC)), weight(uniform_bf16(2, weights)),
+        dout(uniform_bf16(3, outputs)), dinp(n * layer.IC);
+    DeviceArray<float> dweight(std::vector<float>(weights, 0.0f)),
+        dbias(std::vector<float>(OC * layer.batch, 0.0f));
+    auto backward = [&](float* bias_grad) {
+      matmul_backward_batched(dinp.ptr, dweight.ptr, bias_grad, dout.ptr, N * layer.OC, inp.ptr, weight.ptr, N,
+                              layer.IC, layer.OC, layer.batch, ctx, nullptr);
+    };
+    const double with_ms = median_ms([&] { backward(dbias.ptr); }, 5, 20);
+    const double without_ms = median_ms([&] { backward(nullptr); }, 5, 20);
+    const double sums_ms = median_ms(
+        [&] {
+          DILATRON_CUDA_CHECK(
+              detail::launch_add_column_sums(dbias.ptr, dout.ptr, N, layer.OC, layer.batch, N * layer.OC, nullptr));
+        },
+        5, 20);
+    std::printf("TIMING %s backward bf16 N=%lld IC=%d OC=%d x%d: with dbias %.4f ms, without %.4f ms, column sums "
+                "alone %.4f ms (%.0f GB/s)\n",
+                layer.name, static_cast<long long>(N), layer.IC, layer.OC, layer.batch, with_ms, without_ms, sums_ms,
+                static_cast<double>(outputs) * sizeof(bf16) / (sums_ms * 1e-3) / 1e9);
+    const std::vector<float> result = dbias.download();
+    CHECK(std::all_of(result.begin(), result.end(), [](float x) { return std::isfinite(x); }));
+  }
+}
+
 // The MLP's GELU GEMMs fused (one cuBLASLt call each) against what the model ran before: the
 // matmul, then the GELU kernels of layers_cuda (the backward zeroes dpre first: gelu_backward adds).
 // Forward at the fc shape, backward at the fcproj shape, whose input is the GELU output.
