@@ -672,8 +672,8 @@ TEST_CASE("timing: bf16 matmul at GPT-2 MLP size (N=8192, IC=768, OC=3072), for 
 
 // What the bias gradient costs in each backward of a GPT-2 block's linear layers (q/k/v batched,
 // proj, fc, fcproj) at one 16k-token micro-batch: matmul_backward with and without dbias, and the
-// column sums alone.
-TEST_CASE("timing: the bias gradient of the GPT-2 block's linear layers (N=16384, C=768)") {
+// column sums alone; the plain forward (bias epilogue only) for orientation.
+TEST_CASE("timing: the GPT-2 block's linear layers and their bias gradient (N=16384, C=768)") {
   const int64_t N = 16384;
   const auto n = static_cast<size_t>(N);
   MatmulContext ctx;
@@ -693,18 +693,28 @@ TEST_CASE("timing: the bias gradient of the GPT-2 block's linear layers (N=16384
       matmul_backward_batched(dinp.ptr, dweight.ptr, bias_grad, dout.ptr, N * layer.OC, inp.ptr, weight.ptr, N,
                               layer.IC, layer.OC, layer.batch, ctx, nullptr);
     };
+    DeviceArray<bf16> out(outputs), bias(uniform_bf16(4, OC * layer.batch));
+    const double forward_ms = median_ms(
+        [&] {
+          matmul_forward_batched(out.ptr, N * layer.OC, inp.ptr, weight.ptr, bias.ptr, N, layer.IC, layer.OC,
+                                 layer.batch, ctx, nullptr);
+        },
+        5, 20);
     const double with_ms = median_ms([&] { backward(dbias.ptr); }, 5, 20);
     const double without_ms = median_ms([&] { backward(nullptr); }, 5, 20);
     const double sums_ms = median_ms(
         [&] {
-          DILATRON_CUDA_CHECK(
-              detail::launch_add_column_sums(dbias.ptr, dout.ptr, N, layer.OC, layer.batch, N * layer.OC, nullptr));
+          DILATRON_CUDA_CHECK(detail::launch_add_column_sums(
+              dbias.ptr, dout.ptr, N, layer.OC, layer.batch, N * layer.OC, static_cast<float*>(ctx.workspace()),
+              static_cast<int64_t>(ctx.workspace_bytes() / sizeof(float)), nullptr));
         },
         5, 20);
-    std::printf("TIMING %s backward bf16 N=%lld IC=%d OC=%d x%d: with dbias %.4f ms, without %.4f ms, column sums "
-                "alone %.4f ms (%.0f GB/s)\n",
-                layer.name, static_cast<long long>(N), layer.IC, layer.OC, layer.batch, with_ms, without_ms, sums_ms,
-                static_cast<double>(outputs) * sizeof(bf16) / (sums_ms * 1e-3) / 1e9);
+    const double flops = 2.0 * static_cast<double>(N) * layer.IC * layer.OC * layer.batch;
+    std::printf("TIMING %s bf16 N=%lld IC=%d OC=%d x%d: forward (+bias) %.4f ms (%.0f TFLOP/s); backward with dbias "
+                "%.4f ms, without %.4f ms (%.0f TFLOP/s), column sums alone %.4f ms (%.0f GB/s)\n",
+                layer.name, static_cast<long long>(N), layer.IC, layer.OC, layer.batch, forward_ms,
+                flops / (forward_ms * 1e-3) / 1e12, with_ms, without_ms, 2 * flops / (without_ms * 1e-3) / 1e12,
+                sums_ms, static_cast<double>(outputs) * sizeof(bf16) / (sums_ms * 1e-3) / 1e9);
     const std::vector<float> result = dbias.download();
     CHECK(std::all_of(result.begin(), result.end(), [](float x) { return std::isfinite(x); }));
   }

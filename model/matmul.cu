@@ -1,49 +1,48 @@
 // Bias gradient of the linear layer: dbias (OC) += column sums of dout (N, OC), for `batch` such
-// layers in one launch (layer b's dout at dout + b * dout_stride, its dbias at dbias + b * OC). A
-// block owns 32 adjacent columns of one layer (one warp reads 32 consecutive elements of a row);
-// its 32 warps stride over the rows and combine their fp32 partial sums in shared memory in a fixed
-// order, so the result is deterministic.
+// layers (layer b's dout at dout + b * dout_stride, its dbias at dbias + b * OC), by the
+// deterministic two-stage reduction of model/column_sums.cuh, one per layer.
 #include <cuda_bf16.h>
 
 #include "core/device_type.h"
+#include "model/column_sums.cuh"
+#include "model/cuda_math.cuh"
+#include "model/cuda_pack.cuh"
 #include "model/matmul_cuda.h"
 
 namespace dilatron {
 namespace {
 
-constexpr int kColumns = 32;
-constexpr int kRowLanes = 32;
+namespace cs = gpu::column_sums;
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+// The one column sum of the bias gradient: dout itself.
+template <typename T, int kVec>
+struct BiasGradTerms {
+  static constexpr int kCount = 1;
+  const T* dout;
+  int C;
 
-template <typename T>
-__global__ void add_column_sums_kernel(float* __restrict__ dbias, const T* __restrict__ dout, int64_t N, int OC,
-                                       int64_t dout_stride) {
-  __shared__ float partial[kRowLanes][kColumns];
-  dout += blockIdx.y * dout_stride;
-  dbias += static_cast<int64_t>(blockIdx.y) * OC;
-  const int column = blockIdx.x * kColumns + threadIdx.x;
-  float sum = 0.0f;
-  if (column < OC) {
-    for (int64_t n = threadIdx.y; n < N; n += kRowLanes) sum += to_float(dout[n * OC + column]);
+  __device__ __forceinline__ void add(int64_t n, int c0, float (&acc)[kCount][kVec]) const {
+    const gpu::Pack<T, kVec> dy = gpu::load_pack<kVec>(dout + n * C + c0);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) acc[0][j] += gpu::to_float(dy.v[j]);
   }
-  partial[threadIdx.y][threadIdx.x] = sum;
-  __syncthreads();
-  if (threadIdx.y == 0 && column < OC) {
-    float total = 0.0f;
-    for (int lane = 0; lane < kRowLanes; ++lane) total += partial[lane][threadIdx.x];
-    dbias[column] += total;
-  }
-}
+};
 
 template <typename T>
 cudaError_t add_column_sums(float* dbias, const T* dout, int64_t N, int OC, int batch, int64_t dout_stride,
-                            cudaStream_t stream) {
-  const dim3 block(kColumns, kRowLanes);
-  const dim3 grid((OC + kColumns - 1) / kColumns, batch);
-  add_column_sums_kernel<<<grid, block, 0, stream>>>(dbias, dout, N, OC, dout_stride);
-  return cudaGetLastError();
+                            float* scratch, int64_t scratch_floats, cudaStream_t stream) {
+  const cs::RowSplits splits = cs::row_splits(N, scratch_floats / OC);
+  constexpr int kVec = gpu::kPack16<T>;
+  for (int b = 0; b < batch; ++b) {
+    const T* dout_b = dout + b * dout_stride;
+    const cs::Outputs<1> outputs{{dbias + static_cast<int64_t>(b) * OC}};
+    const cudaError_t err =
+        gpu::rows_aligned_16(dout_b, OC)
+            ? cs::launch<kVec>(outputs, BiasGradTerms<T, kVec>{dout_b, OC}, N, OC, splits, scratch, stream)
+            : cs::launch<1>(outputs, BiasGradTerms<T, 1>{dout_b, OC}, N, OC, splits, scratch, stream);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 }  // namespace
@@ -51,12 +50,12 @@ cudaError_t add_column_sums(float* dbias, const T* dout, int64_t N, int OC, int 
 namespace detail {
 
 cudaError_t launch_add_column_sums(float* dbias, const bf16* dout, int64_t N, int OC, int batch, int64_t dout_stride,
-                                   cudaStream_t stream) {
-  return add_column_sums(dbias, device_ptr(dout), N, OC, batch, dout_stride, stream);
+                                   float* scratch, int64_t scratch_floats, cudaStream_t stream) {
+  return add_column_sums(dbias, device_ptr(dout), N, OC, batch, dout_stride, scratch, scratch_floats, stream);
 }
 cudaError_t launch_add_column_sums(float* dbias, const float* dout, int64_t N, int OC, int batch, int64_t dout_stride,
-                                   cudaStream_t stream) {
-  return add_column_sums(dbias, dout, N, OC, batch, dout_stride, stream);
+                                   float* scratch, int64_t scratch_floats, cudaStream_t stream) {
+  return add_column_sums(dbias, dout, N, OC, batch, dout_stride, scratch, scratch_floats, stream);
 }
 
 }  // namespace detail

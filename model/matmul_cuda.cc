@@ -265,11 +265,16 @@ void backward(T* dinp, float* dweight, float* dbias, const T* dout, const T* inp
   const Batch batch{.count = layers.count, .b_stride = layers.out_stride, .d_stride = weight_numel};
   lt_matmul({inp, t, uint64_t(IC), n, IC}, false, {dout, t, uint64_t(OC), n, OC}, true, dweight,
             {dweight, CUDA_R_32F, uint64_t(IC), uint64_t(OC), IC}, 1.0f, Epilogue{}, batch, ctx, stream);
-  // Our column-sum kernel rather than cuBLASLt's BGRAD epilogues: those overwrite the bias
-  // gradient, and ours accumulates (+=) in fp32 across micro-batches.
+  // Our column sums rather than cuBLASLt's BGRAD epilogues: those overwrite the bias gradient,
+  // and ours accumulates (+=) in fp32 across micro-batches. Their partials use the workspace,
+  // which the GEMMs queued before them on this stream are done with when they run.
   if (dbias != nullptr) {
-    DILATRON_CUDA_CHECK(
-        detail::launch_add_column_sums(dbias, dout, N, OC, layers.count, layers.out_stride, stream));
+    DILATRON_CHECK(ctx.workspace_bytes() >= OC * sizeof(float),
+                   "the matmul workspace ({} bytes) holds less than one bias gradient of {} floats",
+                   ctx.workspace_bytes(), OC);
+    DILATRON_CUDA_CHECK(detail::launch_add_column_sums(
+        dbias, dout, N, OC, layers.count, layers.out_stride, static_cast<float*>(ctx.workspace()),
+        static_cast<int64_t>(ctx.workspace_bytes() / sizeof(float)), stream));
   }
 }
 

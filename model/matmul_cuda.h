@@ -122,12 +122,15 @@ void matmul_backward_dgelu(float* dpre, float* dweight, float* dbias, const floa
 
 namespace detail {
 // dbias_b (OC) += sum over rows of dout_b (N, OC), in fp32, for b < batch, with dout_b = dout +
-// b * dout_stride and dbias_b = dbias + b * OC; from model/matmul.cu, which cannot include
+// b * dout_stride and dbias_b = dbias + b * OC. The fp32 partial sums go to `scratch` (a device
+// buffer of scratch_floats >= OC floats that nothing else uses until these kernels have run:
+// matmul_backward hands over its cuBLASLt workspace, idle once the GEMMs are queued); fewer
+// floats mean fewer row splits, never a wrong sum. From model/matmul.cu, which cannot include
 // core/check.h (nvcc 13 rejects fmt 9), hence the returned status.
 cudaError_t launch_add_column_sums(float* dbias, const bf16* dout, int64_t N, int OC, int batch, int64_t dout_stride,
-                                   cudaStream_t stream);
+                                   float* scratch, int64_t scratch_floats, cudaStream_t stream);
 cudaError_t launch_add_column_sums(float* dbias, const float* dout, int64_t N, int OC, int batch, int64_t dout_stride,
-                                   cudaStream_t stream);
+                                   float* scratch, int64_t scratch_floats, cudaStream_t stream);
 }  // namespace detail
 
 }  // namespace dilatron
