@@ -1,9 +1,14 @@
-// Token and learned position embeddings. The token-embedding gradient scatters rows into dwte
-// with fp32 atomicAdd: repeated tokens make its summation order, and so its last bits,
-// nondeterministic. The position-embedding gradient sums over the batch in a fixed order.
+// Token and learned position embeddings. Both gradients are sums in a fixed order (no atomics),
+// so they are bitwise reproducible. The token-embedding gradient sums each token's positions
+// (token_buckets' layout, layers_cuda.h) in two stages where a token is frequent: the positions of
+// a bucket longer than one segment are summed a segment at a time into fp32 partials, which a
+// second kernel adds in order; a short bucket is summed directly. So a frequent token (a space in
+// byte-level text, "the" in English) takes as many blocks as it has segments instead of one
+// block's lone threads reading thousands of rows one after another.
 #include <cuda/std/limits>
 
 #include "model/cuda_math.cuh"
+#include "model/cuda_pack.cuh"
 #include "model/layers_cuda_kernels.h"
 
 namespace dilatron::detail {
@@ -24,21 +29,74 @@ __global__ void token_embedding_forward_kernel(T* __restrict__ out, const int32_
   }
 }
 
-// Block (x, y): distinct token x of the buckets, channels y * blockDim.x + threadIdx.x. Each sum
-// runs over the token's positions in increasing order, so the result is bitwise reproducible.
-template <typename T>
-__global__ void token_embedding_backward_kernel(float* __restrict__ dwte, const T* __restrict__ dout,
-                                                const int32_t* __restrict__ buckets, int32_t num_buckets, int C) {
-  const int c = blockIdx.y * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  const int32_t* bucket_token = buckets;
-  const int32_t* bucket_begin = buckets + num_buckets;
-  const int32_t* positions = bucket_begin + num_buckets + 1;
+// The device view of token_buckets' layout.
+struct BucketView {
+  const int32_t* token;          // (U)
+  const int32_t* begin;          // (U + 1) into positions
+  const int32_t* positions;      // (N)
+  const int32_t* first_segment;  // (U + 1) into the segments; equal neighbours: a short bucket
+  const int32_t* segment_bucket;  // (segments)
+  int32_t segment_rows;
+
+  BucketView(const int32_t* layout, const TokenBuckets& b, int64_t N)
+      : token(layout),
+        begin(layout + b.buckets),
+        positions(begin + b.buckets + 1),
+        first_segment(positions + N),
+        segment_bucket(first_segment + b.buckets + 1),
+        segment_rows(b.segment_rows) {}
+};
+
+// Sum of dout's rows positions[i], i in [begin, end), in order, over columns [c0, c0 + kVec).
+template <typename T, int kVec>
+__device__ __forceinline__ void sum_rows(float (&sum)[kVec], const T* __restrict__ dout,
+                                         const int32_t* __restrict__ positions, int32_t begin, int32_t end, int C,
+                                         int c0) {
+#pragma unroll 4
+  for (int32_t i = begin; i < end; ++i) {
+    const gpu::Pack<T, kVec> dy = gpu::load_pack<kVec>(dout + static_cast<int64_t>(positions[i]) * C + c0);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) sum[j] += to_float(dy.v[j]);
+  }
+}
+
+// Thread (x) of block (s, y) owns columns c0 = (y * blockDim.x + x) * kVec .. + kVec.
+__device__ __forceinline__ int column_of_thread(int kVec) { return (blockIdx.y * blockDim.x + threadIdx.x) * kVec; }
+
+// Stage 1, block (segment s, column group): partials[s] = the segment's rows summed.
+template <typename T, int kVec>
+__global__ void token_embedding_segment_kernel(float* __restrict__ partials, const T* __restrict__ dout,
+                                               BucketView view, int C) {
+  const int c0 = column_of_thread(kVec);
+  if (c0 >= C) return;
+  const int32_t s = blockIdx.x, b = view.segment_bucket[s];
+  const int32_t begin = view.begin[b] + (s - view.first_segment[b]) * view.segment_rows;
+  const int32_t end = min(begin + view.segment_rows, view.begin[b + 1]);
+  float sum[kVec] = {};
+  sum_rows<T, kVec>(sum, dout, view.positions, begin, end, C, c0);
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) partials[static_cast<int64_t>(s) * C + c0 + j] = sum[j];
+}
+
+// Stage 2, block (bucket b, column group): dwte[token] += the bucket's segment partials in
+// order, or its rows in order when it is short.
+template <typename T, int kVec>
+__global__ void token_embedding_bucket_kernel(float* __restrict__ dwte, const float* __restrict__ partials,
+                                              const T* __restrict__ dout, BucketView view, int C) {
+  const int c0 = column_of_thread(kVec);
+  if (c0 >= C) return;
   const int32_t b = blockIdx.x;
-  float sum = 0;
-  for (int32_t i = bucket_begin[b]; i < bucket_begin[b + 1]; ++i)
-    sum += to_float(dout[static_cast<int64_t>(positions[i]) * C + c]);
-  dwte[static_cast<int64_t>(bucket_token[b]) * C + c] += sum;
+  float sum[kVec] = {};
+  if (view.first_segment[b + 1] == view.first_segment[b]) {
+    sum_rows<T, kVec>(sum, dout, view.positions, view.begin[b], view.begin[b + 1], C, c0);
+  } else {
+    for (int32_t s = view.first_segment[b]; s < view.first_segment[b + 1]; ++s)
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) sum[j] += partials[static_cast<int64_t>(s) * C + c0 + j];
+  }
+  float* row = dwte + static_cast<int64_t>(view.token[b]) * C + c0;
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) row[j] += sum[j];
 }
 
 // x (B, Tc, C) += wpe[pos0 + t].
@@ -75,12 +133,30 @@ cudaError_t launch_token_embedding_forward(T* out, const int32_t* tokens, const 
   return cudaGetLastError();
 }
 
-template <typename T>
-cudaError_t launch_token_embedding_backward(float* dwte, const T* dout, const int32_t* buckets, int32_t num_buckets,
-                                            int C, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(num_buckets), static_cast<unsigned>((C + gpu::kThreads - 1) / gpu::kThreads));
-  token_embedding_backward_kernel<T><<<grid, gpu::kThreads, 0, stream>>>(dwte, dout, buckets, num_buckets, C);
+template <typename T, int kVec>
+cudaError_t token_embedding_backward(float* dwte, const T* dout, const int32_t* layout, const TokenBuckets& buckets,
+                                     int64_t N, int C, float* partials, cudaStream_t stream) {
+  const BucketView view(layout, buckets, N);
+  const int groups = (C + kVec - 1) / kVec;
+  const int threads = groups < gpu::kThreads ? (groups + gpu::kWarp - 1) / gpu::kWarp * gpu::kWarp : gpu::kThreads;
+  const unsigned column_blocks = static_cast<unsigned>((groups + threads - 1) / threads);
+  if (buckets.segments > 0) {
+    token_embedding_segment_kernel<T, kVec><<<dim3(static_cast<unsigned>(buckets.segments), column_blocks), threads,
+                                              0, stream>>>(partials, dout, view, C);
+    if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+  }
+  token_embedding_bucket_kernel<T, kVec><<<dim3(static_cast<unsigned>(buckets.buckets), column_blocks), threads, 0,
+                                           stream>>>(dwte, partials, dout, view, C);
   return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_token_embedding_backward(float* dwte, const T* dout, const int32_t* layout,
+                                            const TokenBuckets& buckets, int64_t N, int C, float* partials,
+                                            cudaStream_t stream) {
+  if (gpu::rows_aligned_16(dout, C))
+    return token_embedding_backward<T, gpu::kPack16<T>>(dwte, dout, layout, buckets, N, C, partials, stream);
+  return token_embedding_backward<T, 1>(dwte, dout, layout, buckets, N, C, partials, stream);
 }
 
 template <typename T>
@@ -104,8 +180,8 @@ cudaError_t launch_position_embedding_backward(float* dwpe, const T* dx, int B, 
 #define DILATRON_INSTANTIATE(T)                                                                                  \
   template cudaError_t launch_token_embedding_forward<T>(T*, const int32_t*, const T*, int64_t, int, int,        \
                                                          cudaStream_t);                                          \
-  template cudaError_t launch_token_embedding_backward<T>(float*, const T*, const int32_t*, int32_t, int,        \
-                                                          cudaStream_t);                                         \
+  template cudaError_t launch_token_embedding_backward<T>(float*, const T*, const int32_t*, const TokenBuckets&, \
+                                                          int64_t, int, float*, cudaStream_t);                   \
   template cudaError_t launch_position_embedding_forward<T>(T*, const T*, int, int, int, int, cudaStream_t);     \
   template cudaError_t launch_position_embedding_backward<T>(float*, const T*, int, int, int, int, cudaStream_t);
 DILATRON_INSTANTIATE(float)

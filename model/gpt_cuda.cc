@@ -146,7 +146,7 @@ GptCuda<T>::GptCuda(const GptShape& shape, int max_batch, ParameterSource<float>
     d_fc_ = a.take<T>(N * F);
     tokens_ = a.take<int32_t>(N);
     targets_ = a.take<int32_t>(N);
-    buckets_ = a.take<int32_t>(3 * N + 1);
+    buckets_ = a.take<int32_t>(token_bucket_layout_size(N));
   };
   ByteCarver count(nullptr);
   carve(count);
@@ -157,8 +157,8 @@ GptCuda<T>::GptCuda(const GptShape& shape, int max_batch, ParameterSource<float>
   // Poison: all-ones bytes are NaN in fp32 and bf16, so anything read before this step wrote it
   // shows up in the loss and the tests.
   DILATRON_CUDA_CHECK(cudaMemset(arena_.raw(), 0xff, static_cast<size_t>(arena_bytes_)));
-  // tokens, targets, losses, token buckets (at most 3 N + 1)
-  host_io_.reserve(static_cast<size_t>(6 * N + 1) * sizeof(int32_t));
+  // tokens, targets, losses, token buckets
+  host_io_.reserve(static_cast<size_t>(3 * N + token_bucket_layout_size(N)) * sizeof(int32_t));
   queued_losses_.reserve(static_cast<size_t>(2 * N) * sizeof(float));
   for (int i = 0; i < 2; ++i) {
     loss_slots_[i].host = queued_losses_.as<float>() + i * N;
@@ -338,7 +338,7 @@ void GptCuda<T>::trunk_forward(const int32_t* tokens, const int32_t* targets, in
   const int C = shape_.d_model, V = shape_.vocab_size, L = shape_.n_layers;
 
   // The embedding backward's token buckets, built here where the tokens are (checks them too).
-  num_buckets_ = token_buckets(tokens, N, V, bucket_layout_);
+  bucket_counts_ = token_buckets(tokens, N, V, bucket_layout_);
   // Inputs go through pinned memory so the copies are truly asynchronous. A queued pass may not
   // have copied its inputs out of the staging buffer yet: wait for those copies, the first work of
   // that pass, not for the pass. This keeps the host at most one pass ahead of the GPU.
@@ -505,7 +505,7 @@ void GptCuda<T>::queue_forward_backward(const int32_t* tokens, const int32_t* ta
   }
   {
     DILATRON_PROFILE("embedding.backward", stream_);
-    token_embedding_backward(d_emb + offsets_.wte, device_ptr(d_residual_), buckets_, num_buckets_, C, stream_);
+    token_embedding_backward(d_emb + offsets_.wte, device_ptr(d_residual_), buckets_, bucket_counts_, N, C, stream_);
     if (shape_.position == PositionKind::learned)
       position_embedding_backward(d_emb + offsets_.wpe, device_ptr(d_residual_), B_, Tc_, C, pos0_, stream_);
   }

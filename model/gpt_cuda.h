@@ -37,6 +37,7 @@
 #include "model/gpt.h"
 #include "model/matmul_cuda.h"
 #include "model/parameter_source.h"
+#include "model/token_buckets.h"
 
 namespace dilatron {
 
@@ -159,7 +160,7 @@ class GptCuda {
   int64_t qkv_stride_ = 0;  // elements from q to k to v, and from dq_ to dk_ to dv_
   int32_t *tokens_, *targets_;  // device (N)
   int32_t* buckets_;            // device token buckets (layers_cuda.h, token_buckets)
-  int32_t num_buckets_ = 0;
+  TokenBuckets bucket_counts_;
   std::vector<int32_t> bucket_layout_;
   PinnedHostBuffer host_io_;    // tokens, targets and buckets on their way in, losses on their way out
   cudaEvent_t inputs_copied_ = nullptr;  // after the last pass's copies out of host_io_

@@ -2,6 +2,8 @@
 #ifdef DILATRON_CUDA
 #include "model/layers_cuda.h"
 
+#include <algorithm>
+
 #include "core/check.h"
 #include "core/cuda_check.h"
 #include "core/device_allocator.h"
@@ -102,37 +104,78 @@ void token_embedding_forward(T* out, const int32_t* tokens, const T* wte, int64_
   DILATRON_CUDA_CHECK(detail::launch_token_embedding_forward(out, tokens, wte, N, C, V, stream));
 }
 
-int32_t token_buckets(const int32_t* tokens, int64_t N, int V, std::vector<int32_t>& layout) {
-  DILATRON_CHECK(N >= 0 && N < (int64_t{1} << 31) && V > 0, "bad shape N = {}, V = {}", N, V);
+namespace {
+
+// At most this many segments (2 N / segment_rows bounds them), so that their fp32 partials stay
+// small at any N: 6 MiB at C = 768.
+constexpr int64_t kMaxTokenSegments = 2048;
+// At least this many positions per segment: enough rows for one block to be worth its launch.
+constexpr int64_t kMinSegmentRows = 32;
+
+int32_t segment_rows(int64_t N) {
+  const int64_t spread = (2 * N + kMaxTokenSegments - 1) / kMaxTokenSegments;
+  return static_cast<int32_t>(std::max(kMinSegmentRows, spread));
+}
+
+// A bucket of s > segment_rows positions has ceil(s / segment_rows) < 2 s / segment_rows
+// segments, so all of them together fewer than 2 N / segment_rows <= kMaxTokenSegments.
+int64_t max_token_segments(int64_t N) { return std::min(2 * N / segment_rows(N) + 1, kMaxTokenSegments); }
+
+}  // namespace
+
+int64_t token_bucket_layout_size(int64_t N) { return 3 * N + 2 + max_token_segments(N); }
+
+TokenBuckets token_buckets(const int32_t* tokens, int64_t N, int V, std::vector<int32_t>& layout) {
+  DILATRON_CHECK(N >= 0 && N < (int64_t{1} << 30) && V > 0, "bad shape N = {}, V = {}", N, V);
   std::vector<int32_t> count(static_cast<size_t>(V) + 1, 0);
   for (int64_t i = 0; i < N; ++i) {
     DILATRON_CHECK(tokens[i] >= 0 && tokens[i] < V, "token {} at position {} is outside [0, {})", tokens[i], i, V);
     ++count[static_cast<size_t>(tokens[i]) + 1];
   }
-  int32_t distinct = 0;
-  for (int v = 0; v < V; ++v) distinct += count[static_cast<size_t>(v) + 1] > 0;
-  for (int v = 0; v < V; ++v) count[static_cast<size_t>(v) + 1] += count[static_cast<size_t>(v)];  // starts
-  layout.assign(static_cast<size_t>(2 * distinct + 1 + N), 0);
-  int32_t* bucket_token = layout.data();
-  int32_t* bucket_begin = bucket_token + distinct;
-  int32_t* positions = bucket_begin + distinct + 1;
-  int32_t b = 0;
+  TokenBuckets counts{.segment_rows = segment_rows(N)};
   for (int v = 0; v < V; ++v) {
-    if (count[static_cast<size_t>(v) + 1] == count[static_cast<size_t>(v)]) continue;
-    bucket_token[b] = v;
-    bucket_begin[b++] = count[static_cast<size_t>(v)];
+    const int32_t size = count[static_cast<size_t>(v) + 1];
+    counts.buckets += size > 0;
+    if (size > counts.segment_rows) counts.segments += (size + counts.segment_rows - 1) / counts.segment_rows;
   }
-  bucket_begin[distinct] = static_cast<int32_t>(N);
+  for (int v = 0; v < V; ++v) count[static_cast<size_t>(v) + 1] += count[static_cast<size_t>(v)];  // starts
+  const int32_t U = counts.buckets;
+  layout.assign(static_cast<size_t>(3 * int64_t{U} + 2 + N + counts.segments), 0);
+  int32_t* bucket_token = layout.data();
+  int32_t* bucket_begin = bucket_token + U;
+  int32_t* positions = bucket_begin + U + 1;
+  int32_t* first_segment = positions + N;
+  int32_t* segment_bucket = first_segment + U + 1;
+  int32_t b = 0, segment = 0;
+  for (int v = 0; v < V; ++v) {
+    const int32_t begin = count[static_cast<size_t>(v)], size = count[static_cast<size_t>(v) + 1] - begin;
+    if (size == 0) continue;
+    bucket_token[b] = v;
+    bucket_begin[b] = begin;
+    first_segment[b] = segment;
+    if (size > counts.segment_rows)
+      for (int32_t k = 0; k < (size + counts.segment_rows - 1) / counts.segment_rows; ++k)
+        segment_bucket[segment++] = b;
+    ++b;
+  }
+  bucket_begin[U] = static_cast<int32_t>(N);
+  first_segment[U] = segment;
   for (int64_t i = 0; i < N; ++i) positions[count[static_cast<size_t>(tokens[i])]++] = static_cast<int32_t>(i);
-  return distinct;
+  return counts;
 }
 
 template <typename T>
-void token_embedding_backward(float* dwte, const T* dout, const int32_t* buckets, int32_t num_buckets, int C,
-                              cudaStream_t stream) {
-  check_rows(num_buckets, C);
-  if (num_buckets == 0) return;
-  DILATRON_CUDA_CHECK(detail::launch_token_embedding_backward(dwte, dout, buckets, num_buckets, C, stream));
+void token_embedding_backward(float* dwte, const T* dout, const int32_t* layout, const TokenBuckets& buckets,
+                              int64_t N, int C, cudaStream_t stream) {
+  check_rows(N, C);
+  if (buckets.buckets == 0) return;
+  // From the caching allocator, as the norms' scratch (norm_grad_scratch); sized for the most
+  // segments N rows can have, so that every micro-batch of this shape reuses one cached block.
+  DILATRON_CHECK(buckets.segments <= max_token_segments(N), "{} token segments for N = {}, at most {}",
+                 buckets.segments, N, max_token_segments(N));
+  DeviceArray<float> partials(max_token_segments(N) * C, stream);
+  DILATRON_CUDA_CHECK(
+      detail::launch_token_embedding_backward(dwte, dout, layout, buckets, N, C, partials.data(), stream));
 }
 
 template <typename T>
@@ -187,7 +230,8 @@ void rotary_backward(T* dx, int B, int Tc, int H, int D, int pos0, double theta,
   template void gelu_backward<T>(T*, const T*, const T*, int64_t, cudaStream_t);                                 \
   template void residual_forward<T>(T*, const T*, int64_t, cudaStream_t);                                        \
   template void token_embedding_forward<T>(T*, const int32_t*, const T*, int64_t, int, int, cudaStream_t);       \
-  template void token_embedding_backward<T>(float*, const T*, const int32_t*, int32_t, int, cudaStream_t);       \
+  template void token_embedding_backward<T>(float*, const T*, const int32_t*, const TokenBuckets&, int64_t, int, \
+                                            cudaStream_t);                                                       \
   template void position_embedding_forward<T>(T*, const T*, int, int, int, int, cudaStream_t);                   \
   template void position_embedding_backward<T>(float*, const T*, int, int, int, int, cudaStream_t);              \
   template void rotary_forward<T>(T*, int, int, int, int, int, double, cudaStream_t);                            \

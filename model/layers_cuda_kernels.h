@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "model/token_buckets.h"
+
 namespace dilatron::detail {
 
 template <typename T>
@@ -47,9 +49,11 @@ cudaError_t launch_residual_forward(T* x, const T* branch, int64_t n, cudaStream
 template <typename T>
 cudaError_t launch_token_embedding_forward(T* out, const int32_t* tokens, const T* wte, int64_t N, int C, int V,
                                            cudaStream_t stream);
+// partials: a device buffer of buckets.segments * C floats (none when there are no segments).
 template <typename T>
-cudaError_t launch_token_embedding_backward(float* dwte, const T* dout, const int32_t* buckets, int32_t num_buckets,
-                                            int C, cudaStream_t stream);
+cudaError_t launch_token_embedding_backward(float* dwte, const T* dout, const int32_t* layout,
+                                            const TokenBuckets& buckets, int64_t N, int C, float* partials,
+                                            cudaStream_t stream);
 template <typename T>
 cudaError_t launch_position_embedding_forward(T* x, const T* wpe, int B, int Tc, int C, int pos0,
                                               cudaStream_t stream);

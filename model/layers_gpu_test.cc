@@ -127,8 +127,8 @@ std::vector<float> nans(size_t n) { return std::vector<float>(n, kNaN); }
 std::string rows(int64_t N, int C) { return "N=" + std::to_string(N) + " C=" + std::to_string(C); }
 
 const int64_t kRows[] = {1, 7, 1000, 4097};
-// The norms' parameter gradients split the rows into up to 128 ranges of at least 64 rows:
-// 33000 rows use every split, 4097 a ragged last one. C = 1000 is a multiple of 8 (16-byte
+// The norms' parameter gradients split the rows into up to 128 ranges of at least 64 rows
+// (model/column_sums.cuh): 33000 rows use every split, 4097 a ragged last one. C = 1000 is a multiple of 8 (16-byte
 // loads) but not of a block's 256 (bf16) or 128 (fp32) columns; C = 771 takes the scalar path.
 const int64_t kNormRows[] = {1, 7, 1000, 4097, 33000};
 const int kNormCols[] = {32, 768, 771, 1000};
@@ -220,30 +220,34 @@ TEST_CASE_TEMPLATE("gelu and residual match the CPU", T, float, bf16_t) {
 }
 
 TEST_CASE_TEMPLATE("token and position embeddings match the CPU", T, float, bf16_t) {
-  const int V = 100;  // few tokens: repeats exercise the atomic accumulation
+  // Few tokens, so that they repeat; with `skewed`, token 7 takes about half the positions, so
+  // that from N = 1000 on its bucket is cut into segments (the two-stage sum of embedding.cu).
+  const int V = 100;
   for (int64_t N : kRows)
-    for (int C : {32, 771}) {
-      const size_t nc = static_cast<size_t>(N) * C;
-      const uint64_t seed = static_cast<uint64_t>(N * 1000 + C + 13);
-      CounterRng rng(seed, 0);
-      std::vector<int32_t> tokens(static_cast<size_t>(N));
-      for (int32_t& t : tokens) t = static_cast<int32_t>(rng.below(V));
-      const auto wte = random_values<T>(seed, 1, static_cast<size_t>(V) * C), dy = random_values<T>(seed, 2, nc),
-                 dwte0 = random_values<float>(seed, 3, static_cast<size_t>(V) * C);
-      std::vector<double> out(nc), rwte = to_double(wte), rdy = to_double(dy), rdwte = to_double(dwte0);
-      token_embedding_forward(out.data(), tokens.data(), rwte.data(), N, C, V);
-      token_embedding_backward(rdwte.data(), rdy.data(), tokens.data(), N, C);
-      Device<int32_t> dtokens(tokens);
-      Device<T> dwte(wte), dout(nans(nc)), ddy(dy);
-      Device<float> ddwte(dwte0);
-      token_embedding_forward(dout.get(), dtokens.get(), dwte.get(), N, C, V, nullptr);
-      std::vector<int32_t> layout;
-      const int32_t buckets = token_buckets(tokens.data(), N, V, layout);
-      Device<int32_t> dbuckets(layout);
-      token_embedding_backward(ddwte.get(), ddy.get(), dbuckets.get(), buckets, C, nullptr);
-      expect_close<T>("token_embedding_forward", rows(N, C), dout.download(), out);
-      expect_close<T>("token_embedding_backward", rows(N, C), ddwte.download(), rdwte);
-    }
+    for (int C : {32, 771})
+      for (bool skewed : {false, true}) {
+        const size_t nc = static_cast<size_t>(N) * C;
+        const uint64_t seed = static_cast<uint64_t>(N * 1000 + C + 13 + (skewed ? 500 : 0));
+        CounterRng rng(seed, 0);
+        std::vector<int32_t> tokens(static_cast<size_t>(N));
+        for (int32_t& t : tokens) t = skewed && rng.below(2) == 0 ? 7 : static_cast<int32_t>(rng.below(V));
+        const auto wte = random_values<T>(seed, 1, static_cast<size_t>(V) * C), dy = random_values<T>(seed, 2, nc),
+                   dwte0 = random_values<float>(seed, 3, static_cast<size_t>(V) * C);
+        std::vector<double> out(nc), rwte = to_double(wte), rdy = to_double(dy), rdwte = to_double(dwte0);
+        token_embedding_forward(out.data(), tokens.data(), rwte.data(), N, C, V);
+        token_embedding_backward(rdwte.data(), rdy.data(), tokens.data(), N, C);
+        Device<int32_t> dtokens(tokens);
+        Device<T> dwte(wte), dout(nans(nc)), ddy(dy);
+        Device<float> ddwte(dwte0);
+        token_embedding_forward(dout.get(), dtokens.get(), dwte.get(), N, C, V, nullptr);
+        std::vector<int32_t> layout;
+        const TokenBuckets buckets = token_buckets(tokens.data(), N, V, layout);
+        if (skewed && N >= 1000) CHECK(buckets.segments > 1);
+        Device<int32_t> dbuckets(layout);
+        token_embedding_backward(ddwte.get(), ddy.get(), dbuckets.get(), buckets, N, C, nullptr);
+        expect_close<T>("token_embedding_forward", rows(N, C), dout.download(), out);
+        expect_close<T>("token_embedding_backward", rows(N, C), ddwte.download(), rdwte);
+      }
   // Position embedding over (B, Tc, C) with an offset window pos0 .. pos0 + Tc - 1 of T_max rows.
   for (int B : {1, 3})
     for (int Tc : {1, 7, 1000})
