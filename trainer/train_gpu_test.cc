@@ -5,9 +5,12 @@
 //   (replicated, and ZeRO-3 in GPU memory);
 // - ZeRO-3 in GPU memory on 1 rank equals the replicated state;
 // - 2 ranks (data parallel, replicated or ZeRO-3 in GPU memory or with CPU offload; or sequence
-//   parallel through ring dilated attention with ZeRO-3) equal 1 rank of the same kind.
+//   parallel through ring dilated attention with ZeRO-3) equal 1 rank of the same kind (sequence
+//   parallel: to bf16 tolerance, looser only at the steps where fp32 on the CPU shows the
+//   gradient norm ill-conditioned).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -55,6 +58,11 @@ void train_alone(Communicator& world, const Config& config, const TrainOptions& 
 }
 
 double relative(double a, double b) { return std::abs(a - b) / std::abs(b); }
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
 
 }  // namespace
 
@@ -119,12 +127,18 @@ TEST_CASE("ZeRO-3 in GPU memory on 1 rank equals the replicated state") {
   }
 }
 
+// Per step s (index s - 1), |2 ranks - 1 rank| / |1 rank| of the loss and of the gradient norm.
+struct StepDifferences {
+  std::vector<double> loss, grad_norm;
+};
+
 // 2 ranks on one GPU (MPI on device buffers) against rank 0 alone with the same config (the
 // same optimizer: GPU AdamW replicated, CPU AdamW under ZeRO-3) and the same micro-batch shapes,
 // so the only differences are fp32 summation orders. (Against each other, the GPU and CPU AdamW
 // differ by fp32 roundings that flip bf16 roundings of the weights: about 1e-3 on gradient norms.)
-void check_two_ranks(Communicator& world, const std::string& name, const std::vector<std::string>& extra,
-                     int sequence_parallel = 1, double loss_tol = 1e-4, double norm_tol = 1e-4) {
+// The differences reach rank 0 only; the others get empty vectors.
+StepDifferences two_rank_differences(Communicator& world, const std::string& name,
+                                     const std::vector<std::string>& extra, int sequence_parallel) {
   const std::string single = run_dir(name + "-1"), split = run_dir(name + "-2");
   train_alone(world, gpu_config(single, extra));
   if (world.rank() == 0) fs::remove_all(split);
@@ -135,18 +149,28 @@ void check_two_ranks(Communicator& world, const std::string& name, const std::ve
   overrides.push_back("parallel.backend=mpi");
   overrides.push_back("parallel.sequence_parallel=" + std::to_string(sequence_parallel));
   run_training(gpu_config(split, overrides), {}, g);
-  if (world.rank() != 0) return;
+  StepDifferences d;
+  if (world.rank() != 0) return d;
   auto a = read_metrics(single), b = read_metrics(split);
+  REQUIRE(a.size() == kSteps);
   REQUIRE(b.size() == kSteps);
-  double worst = 0;
   for (int64_t s = 1; s <= kSteps; ++s) {
-    const double err = relative(b[s]["loss"].get<double>(), a[s]["loss"].get<double>());
-    worst = std::max(worst, err);
-    CAPTURE(s);
-    CHECK(err <= loss_tol);
-    CHECK(relative(b[s]["grad_norm"].get<double>(), a[s]["grad_norm"].get<double>()) <= norm_tol);
+    d.loss.push_back(relative(b[s]["loss"].get<double>(), a[s]["loss"].get<double>()));
+    d.grad_norm.push_back(relative(b[s]["grad_norm"].get<double>(), a[s]["grad_norm"].get<double>()));
   }
-  std::printf("%s: 2 ranks on one GPU vs 1 rank, worst loss difference %.2e relative\n", name.c_str(), worst);
+  std::printf("%s: 2 ranks vs 1 rank, worst loss difference %.2e, worst gradient-norm difference %.2e relative\n",
+              name.c_str(), *std::max_element(d.loss.begin(), d.loss.end()),
+              *std::max_element(d.grad_norm.begin(), d.grad_norm.end()));
+  return d;
+}
+
+void check_two_ranks(Communicator& world, const std::string& name, const std::vector<std::string>& extra) {
+  const StepDifferences d = two_rank_differences(world, name, extra, 1);
+  for (size_t i = 0; i < d.loss.size(); ++i) {
+    CAPTURE(i + 1);
+    CHECK(d.loss[i] <= 1e-4);
+    CHECK(d.grad_norm[i] <= 1e-4);
+  }
 }
 
 TEST_CASE("2 data-parallel ranks on one GPU equal 1 rank (replicated)") {
@@ -166,15 +190,37 @@ TEST_CASE("2 data-parallel ranks on one GPU with ZeRO-3 (cpu offload) equal 1 ra
 }
 
 // The ring adds partial attentions across ranks in another order than one rank's branch, and
-// bf16 rounds the results: bf16-level agreement (a wrong block or merge is off by 1e-1).
+// bf16 rounds the results: bf16-level agreement of every step's loss (2e-3; a wrong block or
+// merge is off by 1e-1) and gradient norm (2e-2). Except that some batches make the gradient norm
+// ill-conditioned. The same two runs in fp32 on the CPU show which: their gradient norms agree to
+// about 1e-8 at the median step and differ 50-140 times more at those (measured: step 17, which
+// is also where bf16 on the GPU differs by 2-3 %; steps 31 and 46 next, in both). At steps where
+// the fp32 pair differs by more than 20 times its median, 1e-1 is allowed; such steps must stay
+// rare, and the median step must agree to 1e-3, so a systematic error still fails.
 TEST_CASE("2 sequence-parallel ranks on one GPU (ring dilated attention) with ZeRO-3 equal 1 rank") {
   auto world = mpi_world_communicator();
-  check_two_ranks(*world, "sp2-zero3",
-                  {"attention.kind=dilated", "attention.segment_lengths=[8,16,32]", "attention.dilation_rates=[1,2,4]",
-                   "zero.stage=3", "zero.offload_params=cpu", "zero.offload_optimizer=cpu"},
-                  2, 2e-3, 2e-2);
-  check_two_ranks(*world, "sp2-zero3-gpu",
-                  {"attention.kind=dilated", "attention.segment_lengths=[8,16,32]", "attention.dilation_rates=[1,2,4]",
-                   "zero.stage=3"},
-                  2, 2e-3, 2e-2);
+  const std::vector<std::string> ring = {"attention.kind=dilated", "attention.segment_lengths=[8,16,32]",
+                                         "attention.dilation_rates=[1,2,4]", "zero.stage=3"};
+  auto with = [&](std::vector<std::string> extra, const std::vector<std::string>& more) {
+    extra.insert(extra.end(), more.begin(), more.end());
+    return extra;
+  };
+  const std::vector<std::string> offload = {"zero.offload_params=cpu", "zero.offload_optimizer=cpu"};
+  const StepDifferences fp32 =
+      two_rank_differences(*world, "sp2-zero3-cpu", with(with(ring, offload), {"device=cpu"}), 2);
+  const StepDifferences offloaded = two_rank_differences(*world, "sp2-zero3", with(ring, offload), 2);
+  const StepDifferences on_gpu = two_rank_differences(*world, "sp2-zero3-gpu", ring, 2);
+  if (world->rank() != 0) return;
+  const double fp32_median = median(fp32.grad_norm);
+  std::vector<bool> ill_conditioned;
+  for (double d : fp32.grad_norm) ill_conditioned.push_back(d > 20 * fp32_median);
+  CHECK(std::count(ill_conditioned.begin(), ill_conditioned.end(), true) <= kSteps / 10);
+  for (const StepDifferences* d : {&offloaded, &on_gpu}) {
+    for (size_t i = 0; i < d->loss.size(); ++i) {
+      CAPTURE(i + 1);
+      CHECK(d->loss[i] <= 2e-3);
+      CHECK(d->grad_norm[i] <= (ill_conditioned[i] ? 1e-1 : 2e-2));
+    }
+    CHECK(median(d->grad_norm) <= 1e-3);
+  }
 }
