@@ -30,21 +30,11 @@ __global__ void token_embedding_forward_kernel(T* __restrict__ out, const int32_
 }
 
 // The device view of token_buckets' layout.
-struct BucketView {
-  const int32_t* token;          // (U)
-  const int32_t* begin;          // (U + 1) into positions
-  const int32_t* positions;      // (N)
-  const int32_t* first_segment;  // (U + 1) into the segments; equal neighbours: a short bucket
-  const int32_t* segment_bucket;  // (segments)
+struct BucketView : TokenBucketLayout<const int32_t> {
   int32_t segment_rows;
 
   BucketView(const int32_t* layout, const TokenBuckets& b, int64_t N)
-      : token(layout),
-        begin(layout + b.buckets),
-        positions(begin + b.buckets + 1),
-        first_segment(positions + N),
-        segment_bucket(first_segment + b.buckets + 1),
-        segment_rows(b.segment_rows) {}
+      : TokenBucketLayout<const int32_t>(layout, b, N), segment_rows(b.segment_rows) {}
 };
 
 // Sum of dout's rows positions[i], i in [begin, end), in order, over columns [c0, c0 + kVec).

@@ -126,6 +126,7 @@ int64_t max_token_segments(int64_t N) { return std::min(2 * N / segment_rows(N) 
 int64_t token_bucket_layout_size(int64_t N) { return 3 * N + 2 + max_token_segments(N); }
 
 TokenBuckets token_buckets(const int32_t* tokens, int64_t N, int V, std::vector<int32_t>& layout) {
+  // Below 2^30, so that a segment's end (start + segment_rows) stays an int32 in the kernels.
   DILATRON_CHECK(N >= 0 && N < (int64_t{1} << 30) && V > 0, "bad shape N = {}, V = {}", N, V);
   std::vector<int32_t> count(static_cast<size_t>(V) + 1, 0);
   for (int64_t i = 0; i < N; ++i) {
@@ -133,34 +134,32 @@ TokenBuckets token_buckets(const int32_t* tokens, int64_t N, int V, std::vector<
     ++count[static_cast<size_t>(tokens[i]) + 1];
   }
   TokenBuckets counts{.segment_rows = segment_rows(N)};
+  // A bucket of `size` positions has none when it fits one segment.
+  auto segments_of = [&](int32_t size) {
+    return size > counts.segment_rows ? (size + counts.segment_rows - 1) / counts.segment_rows : 0;
+  };
   for (int v = 0; v < V; ++v) {
     const int32_t size = count[static_cast<size_t>(v) + 1];
     counts.buckets += size > 0;
-    if (size > counts.segment_rows) counts.segments += (size + counts.segment_rows - 1) / counts.segment_rows;
+    counts.segments += segments_of(size);
   }
   for (int v = 0; v < V; ++v) count[static_cast<size_t>(v) + 1] += count[static_cast<size_t>(v)];  // starts
-  const int32_t U = counts.buckets;
-  layout.assign(static_cast<size_t>(3 * int64_t{U} + 2 + N + counts.segments), 0);
-  int32_t* bucket_token = layout.data();
-  int32_t* bucket_begin = bucket_token + U;
-  int32_t* positions = bucket_begin + U + 1;
-  int32_t* first_segment = positions + N;
-  int32_t* segment_bucket = first_segment + U + 1;
+  layout.assign(static_cast<size_t>(TokenBucketLayout<int32_t>::size(counts, N)), 0);
+  const TokenBucketLayout<int32_t> parts(layout.data(), counts, N);
   int32_t b = 0, segment = 0;
   for (int v = 0; v < V; ++v) {
     const int32_t begin = count[static_cast<size_t>(v)], size = count[static_cast<size_t>(v) + 1] - begin;
     if (size == 0) continue;
-    bucket_token[b] = v;
-    bucket_begin[b] = begin;
-    first_segment[b] = segment;
-    if (size > counts.segment_rows)
-      for (int32_t k = 0; k < (size + counts.segment_rows - 1) / counts.segment_rows; ++k)
-        segment_bucket[segment++] = b;
+    parts.token[b] = v;
+    parts.begin[b] = begin;
+    parts.first_segment[b] = segment;
+    for (int32_t k = 0; k < segments_of(size); ++k) parts.segment_bucket[segment++] = b;
     ++b;
   }
-  bucket_begin[U] = static_cast<int32_t>(N);
-  first_segment[U] = segment;
-  for (int64_t i = 0; i < N; ++i) positions[count[static_cast<size_t>(tokens[i])]++] = static_cast<int32_t>(i);
+  parts.begin[counts.buckets] = static_cast<int32_t>(N);
+  parts.first_segment[counts.buckets] = segment;
+  for (int64_t i = 0; i < N; ++i)
+    parts.positions[count[static_cast<size_t>(tokens[i])]++] = static_cast<int32_t>(i);
   return counts;
 }
 

@@ -201,7 +201,7 @@ TEST_CASE("2 sequence-parallel ranks on one GPU (ring dilated attention) with Ze
   auto world = mpi_world_communicator();
   const std::vector<std::string> ring = {"attention.kind=dilated", "attention.segment_lengths=[8,16,32]",
                                          "attention.dilation_rates=[1,2,4]", "zero.stage=3"};
-  auto with = [&](std::vector<std::string> extra, const std::vector<std::string>& more) {
+  auto with = [](std::vector<std::string> extra, const std::vector<std::string>& more) {
     extra.insert(extra.end(), more.begin(), more.end());
     return extra;
   };
