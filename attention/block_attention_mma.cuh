@@ -459,17 +459,18 @@ __device__ __forceinline__ void store_gradient_row(O* row, const float (&acc)[D 
     }
 }
 
-// Query columns per step of the dK/dV kernel: at D = 128 its dK and dV accumulators take 128
-// registers a thread, so the scores go 32 queries at a time.
-template <int D>
-constexpr int kDkdvQueries = D <= 64 ? 64 : 32;
+// Query columns per step of the dK/dV kernel. The dK and dV accumulators hold D / 2 registers a
+// thread each; scoring 32 queries at a time and reading k and v from shared memory at each use
+// keeps the D = 64 kernel near 128 registers, so 3 to 4 CTAs share an SM instead of 2 (at 64
+// queries, or with k and v in registers, it took 224 to 255).
+constexpr int kDkdvQueries = 32;
 
 template <int D, typename O>
 __global__ void __launch_bounds__(kThreads)
     dkdv_kernel(O* dk, O* dv, const bf16_t* dout, const float* delta, const float* lse, const bf16_t* q,
                 const bf16_t* k, const bf16_t* v, const DeviceBlockTask* tasks, float scale, bool causal,
                 float dout_scale, bool accumulate, DsTiles ds) {
-  constexpr int kQueries = kDkdvQueries<D>;
+  constexpr int kQueries = kDkdvQueries;
   const DeviceBlockTask task = tasks[blockIdx.x];
   const int tile = static_cast<int>(blockIdx.y);  // lowest key tiles first: under a causal mask most queries see them
   if (tile * kTile >= task.nk) return;
@@ -498,7 +499,7 @@ __global__ void __launch_bounds__(kThreads)
   commit_copies();
   wait_copies<1>();
   __syncthreads();
-  const OwnRows<D> k_rows(k_tile, 16 * warp, lane), v_rows(v_tile, 16 * warp, lane);
+  const OwnRows<D, false> k_rows(k_tile, 16 * warp, lane), v_rows(v_tile, 16 * warp, lane);
 
   const float scale_log2 = scale * kLog2e;
   float dk_acc[D / 8][4], dv_acc[D / 8][4];
