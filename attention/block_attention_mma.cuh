@@ -91,15 +91,21 @@ constexpr int dkdv_smem_bytes() {
   return (2 + 2 * 2) * kTileBytes<D> + 2 * 2 * kTile * static_cast<int>(sizeof(float));
 }
 
+// Bytes of one 64 x 64 dS tile (DsTiles), unpadded.
+constexpr int kDsTileBytes = kTile * kTile * static_cast<int>(sizeof(bf16_t));
+
 template <int D>
 constexpr int dq_from_ds_smem_bytes() {
-  return 2 * (kTileBytes<kTile> + kTileBytes<D>);  // dS^T and k per stage
+  return 2 * (kDsTileBytes + kTileBytes<D>);  // dS and k per stage
 }
 
 // Where the dK/dV kernel leaves dS for the dQ kernel (launch_block_attention_backward): one
-// 64 x 64 bf16 tile per (task, query tile, key tile) the mask lets through, stored transposed
-// (row = key, column = query, rows of 64). Causal batches keep only the lower triangle
-// (key tile <= query tile), which halves the scratch. base == nullptr: no dS is kept.
+// 64 x 64 bf16 tile per (task, query tile, key tile) the mask lets through. Causal batches keep
+// only the lower triangle (key tile <= query tile), which halves the scratch. base == nullptr: no
+// dS is kept. A tile is stored in the order the dQ kernel consumes it, as mma A fragments: 16
+// bytes per (query warp qw, 16-key chunk kc, lane), at uint4 index (4 qw + kc) 32 + lane, so each
+// warp writes and reads 512 contiguous bytes (row-major 64 x 64 rows wrote 16-byte pieces that
+// were half a 32-byte sector each).
 struct DsTiles {
   bf16_t* base;
   int q_tiles, k_tiles;
@@ -224,6 +230,14 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float low, float high) {
   uint32_t bits;
   memcpy(&bits, &pair, sizeof(bits));
   return bits;
+}
+
+// The transpose of the 8 x 8 bf16 matrix whose row g, columns 2t and 2t + 1 this lane holds in
+// x: returns row g, columns 2t and 2t + 1 of the transpose.
+__device__ __forceinline__ uint32_t transpose_8x8(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
 }
 
 // Max / sum over the 4 lanes of a quad (the threads holding one fragment row).
@@ -461,8 +475,8 @@ __device__ __forceinline__ void store_gradient_row(O* row, const float (&acc)[D 
 
 // Query columns per step of the dK/dV kernel. The dK and dV accumulators hold D / 2 registers a
 // thread each; scoring 32 queries at a time and reading k and v from shared memory at each use
-// keeps the D = 64 kernel near 128 registers, so 3 to 4 CTAs share an SM instead of 2 (at 64
-// queries, or with k and v in registers, it took 224 to 255).
+// keeps the D = 64 kernel at 132 registers, so 3 CTAs share an SM instead of 2 (at 64 queries,
+// or with k and v in registers, it took 224 to 255).
 constexpr int kDkdvQueries = 32;
 
 template <int D, typename O>
@@ -541,14 +555,18 @@ __global__ void __launch_bounds__(kThreads)
       mma_weights_rows<D, kQueries>(dv_acc, s, queries.second(stage), c0, lane);
       mma_weights_rows<D, kQueries>(dk_acc, dp, queries.first(stage), c0, lane);
       if (ds.base != nullptr) {
-        // The same bf16 pairs mma_weights_rows fed to the dK product, so dQ sees the same dS.
-        bf16_t* ds_tile = ds.tile(blockIdx.x, q0 / kTile, tile);
+        // The same bf16 pairs mma_weights_rows fed to the dK product, so dQ sees the same dS. This
+        // warp holds dS^T (its 16 keys x the queries) as 8 x 8 blocks (h: keys 8 h.., j: queries
+        // 8 j..); transposed, the blocks of 16 queries (j = 2 p, 2 p + 1) are the dQ product's A
+        // fragment for those queries and this warp's 16 keys (DsTiles).
+        uint4* ds_tile = reinterpret_cast<uint4*>(ds.tile(blockIdx.x, q0 / kTile, tile));
 #pragma unroll
-        for (int j = 0; j < kQueries / 8; ++j)
-#pragma unroll
-          for (int h = 0; h < 2; ++h)
-            *reinterpret_cast<uint32_t*>(ds_tile + (16 * warp + g + 8 * h) * kTile + c0 + 8 * j + 2 * t) =
-                pack_bf16x2(dp[j][2 * h], dp[j][2 * h + 1]);
+        for (int p = 0; p < kQueries / 16; ++p) {
+          auto block = [&](int h, int j) { return transpose_8x8(pack_bf16x2(dp[j][2 * h], dp[j][2 * h + 1])); };
+          const int query_warp = c0 / 16 + p;
+          ds_tile[(4 * query_warp + warp) * 32 + lane] =
+              make_uint4(block(0, 2 * p), block(0, 2 * p + 1), block(1, 2 * p), block(1, 2 * p + 1));
+        }
       }
     }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
@@ -641,7 +659,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // dQ from the dS tiles the dK/dV kernel left (DsTiles): one product per tile (dS k) where dq_kernel
-// recomputes the scores and dP first (three). A CTA per 64-query tile streams (dS^T, k) tile pairs
+// recomputes the scores and dP first (three). A CTA per 64-query tile streams (dS, k) tile pairs
 // through two stages, as dq_kernel streams (k, v).
 template <int D, typename O>
 __global__ void __launch_bounds__(kThreads)
@@ -654,12 +672,19 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int t = lane % 4;
 
-  // (dS^T, k) of stage 0, then of stage 1.
-  bf16_t* smem = reinterpret_cast<bf16_t*>(dynamic_shared_memory());
-  auto ds_stage = [&](int stage) { return smem + stage * (kTileElements<kTile> + kTileElements<D>); };
-  auto k_stage = [&](int stage) { return ds_stage(stage) + kTileElements<kTile>; };
+  // (dS, k) of stage 0, then of stage 1.
+  unsigned char* smem = dynamic_shared_memory();
+  auto ds_stage = [&](int stage) {
+    return reinterpret_cast<uint4*>(smem + stage * (kDsTileBytes + kTileBytes<D>));
+  };
+  auto k_stage = [&](int stage) { return reinterpret_cast<bf16_t*>(ds_stage(stage)) + kTile * kTile; };
   auto load_keys = [&](int stage, int k0) {
-    load_tile_async<kTile>(ds_stage(stage), ds.tile(blockIdx.x, tile, k0 / kTile), kTile, 0, kTile);
+    const uint4* from = reinterpret_cast<const uint4*>(ds.tile(blockIdx.x, tile, k0 / kTile));
+#pragma unroll
+    for (int i = 0; i < kDsTileBytes / 16 / kThreads; ++i) {
+      const int e = static_cast<int>(threadIdx.x) + i * kThreads;
+      copy_async_16(ds_stage(stage) + e, from + e, true);
+    }
     load_tile_async<D>(k_stage(stage), k + task.k_offset, task.k_stride, k0, task.nk);
   };
   const int keys = key_end(task, q0, causal);
@@ -676,11 +701,9 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
 #pragma unroll
     for (int kc = 0; kc < kTile / 16; ++kc) {
-      // The A fragment of dS (this warp's 16 queries x keys [16 kc, 16 kc + 16)) from the transposed
-      // tile: the transposing load of the 8 x 8 blocks (keys, queries).
-      uint32_t af[4];
-      ldmatrix_x4_trans(af, ds_stage(stage) + (16 * kc + lane % 8 + 8 * (lane / 16)) * kRow<kTile> + 16 * warp +
-                                8 * (lane / 8 % 2));
+      // The A fragment of dS (this warp's 16 queries x keys [16 kc, 16 kc + 16)), stored as such.
+      const uint4 fragment = ds_stage(stage)[(4 * warp + kc) * 32 + lane];
+      const uint32_t af[4] = {fragment.x, fragment.y, fragment.z, fragment.w};
 #pragma unroll
       for (int jp = 0; jp < D / 16; ++jp) {
         uint32_t bf[4];
