@@ -75,6 +75,13 @@ print("%.0f %.3f" % (statistics.median(r["tokens_per_s"] for r in rows), statist
 PY
 }
 
+# last_step NAME: the last step's time, tokens/s and loss of run NAME, or the first error line of
+# its log.
+last_step() {
+  python3 -c "import json; r=[json.loads(l) for l in open('$work/$1/metrics.jsonl')][-1]; print('%.2f s/step, %.0f tokens/s, loss %.3f' % (r['step_time_s'], r['tokens_per_s'], r['loss']))" 2>/dev/null \
+    || echo "no step: $(grep -a -m1 -iE 'error|memory' "$out/$1.log")"
+}
+
 # Segment lengths and rates of the dilated branches for T tokens: SEGMENT0, 2 SEGMENT0, .. T at
 # rates 1, 2, 4, .. (as bench/longest_context.sh).
 branches() {
@@ -194,7 +201,7 @@ part_longest() {
       --set schedule.max_steps=2 --set schedule.warmup_steps=1 --set data.eval_every=0 --set checkpoint.every=0 \
       --set checkpoint.at_end=false
     local rc=$?
-    say "longest T=$T on $N ranks rc=$rc $(python3 -c "import json; r=[json.loads(l) for l in open('$work/longest-$T/metrics.jsonl')]; print('%.2f s/step, %.0f tokens/s, loss %.3f' % (r[-1]['step_time_s'], r[-1]['tokens_per_s'], r[-1]['loss']))" 2>/dev/null || echo "no step: $(grep -a -m1 -iE 'error|memory' "$out/longest-$T.log")")"
+    say "longest T=$T on $N ranks rc=$rc $(last_step "longest-$T")"
   done
 }
 
@@ -211,7 +218,7 @@ part_largest() {
       --set zero.offload_optimizer=cpu --set schedule.max_steps=2 --set schedule.warmup_steps=1 \
       --set data.eval_every=0 --set checkpoint.every=0 --set checkpoint.at_end=false
     local rc=$?
-    say "largest L=$L C=$C H=$H on $N ranks (ZeRO-3, cpu offload) rc=$rc $(grep -a -m1 -o 'model: [0-9]* parameters' "$out/largest-$L-$C.log") $(python3 -c "import json; r=[json.loads(l) for l in open('$work/largest-$L-$C/metrics.jsonl')]; print('step %.2f s' % r[-1]['step_time_s'])" 2>/dev/null || echo "no step: $(grep -a -m1 -iE 'error|memory' "$out/largest-$L-$C.log")")"
+    say "largest L=$L C=$C H=$H on $N ranks (ZeRO-3, cpu offload) rc=$rc $(grep -a -m1 -o 'model: [0-9]* parameters' "$out/largest-$L-$C.log"), $(last_step "largest-$L-$C")"
   done
 }
 
