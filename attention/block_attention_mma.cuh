@@ -270,10 +270,10 @@ __device__ __forceinline__ void load_b_k_rows(uint32_t (&b)[4], const bf16_t* ti
 }
 
 // A warp's 16 own rows of a tile that stays put for the whole kernel (the A operand of its score
-// products), as A fragments over all D columns. At D = 64 they are loaded once into 16 registers,
-// which takes a quarter of the shared-memory reads off every score product; at D = 128 the
-// dK/dV kernel has no registers to spare (its accumulators take 128), so they are read from
-// shared memory at each use.
+// products), as A fragments over all D columns. At D = 64 the forward and dQ kernels load them
+// once into 16 registers, which takes a quarter of the shared-memory reads off every score
+// product; at D = 128, and in the dK/dV kernel (whose registers decide how many CTAs share an SM,
+// kDkdvQueries), they are read from shared memory at each use.
 template <int D, bool kInRegisters = (D <= 64)>
 struct OwnRows;
 
