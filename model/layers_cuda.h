@@ -12,7 +12,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <vector>
 
 #include "model/token_buckets.h"
 
@@ -52,19 +51,10 @@ void residual_forward(T* x, const T* branch, int64_t n, cudaStream_t stream);
 template <typename T>
 void token_embedding_forward(T* out, const int32_t* tokens, const T* wte, int64_t N, int C, int V,
                              cudaStream_t stream);
-// The N positions grouped by token, for a reproducible embedding backward: built on the host
-// (where the tokens come from) by a counting sort, then copied to the device beside the tokens.
-// layout := [token of each bucket (U), bucket starts (U + 1), positions (N), first segment of
-// each bucket (U + 1), bucket of each segment (S)] for the U distinct tokens in increasing order,
-// positions increasing within a bucket. A bucket longer than segment_rows positions is cut into
-// consecutive segments of segment_rows (the last may be shorter); a shorter bucket has none (its
-// first segment equals the next bucket's). segment_rows depends on N only. Returns the counts.
-// Throws for a token outside [0, V). The layout has at most token_bucket_layout_size(N) elements.
-TokenBuckets token_buckets(const int32_t* tokens, int64_t N, int V, std::vector<int32_t>& layout);
-int64_t token_bucket_layout_size(int64_t N);
 // dwte (V, C) fp32 += dout (N, C) summed per token over its positions in order (a long bucket:
 // per segment, then the segments in order): no atomics, so bitwise reproducible (resume and
-// rank-count parity depend on it). layout: device copy of token_buckets' layout for these N rows.
+// rank-count parity depend on it). layout: device copy of token_buckets' layout for these N rows
+// (model/token_buckets.h).
 template <typename T>
 void token_embedding_backward(float* dwte, const T* dout, const int32_t* layout, const TokenBuckets& buckets,
                               int64_t N, int C, cudaStream_t stream);
