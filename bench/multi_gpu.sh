@@ -32,7 +32,8 @@
 set -uo pipefail
 
 die() { echo "multi_gpu: $*" >&2; exit 2; }
-[ $# -ge 1 ] && [[ $1 =~ ^[1-9][0-9]*$ ]] || die "usage: bench/multi_gpu.sh N [collectives|ring|parity|weak|longest|largest ...]"
+usage="usage: bench/multi_gpu.sh N [collectives|ring|parity|weak|longest|largest ...], N = 2, 4, 8, .."
+[ $# -ge 1 ] && [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -ge 2 ] && [ $(($1 & ($1 - 1))) -eq 0 ] || die "$usage"
 N=$1; shift
 parts=("$@")
 [ ${#parts[@]} -gt 0 ] || parts=(collectives ring parity weak longest largest)
@@ -66,7 +67,7 @@ train() {
     --set logging.every=1 --set logging.progress_bar=false --set sample.tokens=0 "$@" > "$out/$name.log" 2>&1
 }
 
-# The median tokens/s and step time over the steps after the first two, and the peak memory line.
+# speed NAME: the median tokens/s and step time of run NAME over the steps after the first two.
 speed() {
   python3 - "$work/$1/metrics.jsonl" <<'PY'
 import json, statistics, sys
@@ -148,7 +149,7 @@ part_parity() {
   local layouts=("$N 1" "1 $N")
   [ "$N" -ge 4 ] && layouts+=("2 $((N / 2))")
   [ "$N" -ge 8 ] && layouts+=("$((N / 2)) 2")
-  local main_layout=${layouts[0]}
+  local main_layout="$N 1"
   [ "$N" -ge 4 ] && main_layout="2 $((N / 2))"
   for layout in "${layouts[@]}"; do
     read -r sp dp <<< "$layout"
@@ -161,8 +162,6 @@ part_parity() {
   train "$parts" "$N" "${micro[@]}" --set parallel.sequence_parallel="$sp" --resume auto
   say "parity resume on SP $sp x DP $dp rc=$? $(compare "$whole" "$parts" 1 exact)"
   local half=$((N / 2)) half_sp=$((sp < N / 2 ? sp : N / 2))
-  [ "$half" -ge 1 ] || half=1
-  [ "$half_sp" -ge 1 ] || half_sp=1
   train "parity-onto-$half" "$half" "${micro[@]}" --set parallel.sequence_parallel="$half_sp" \
     --resume "$work/$whole/checkpoints/step_00000025"
   say "parity resume from $N ranks (SP $sp) onto $half (SP $half_sp) rc=$? $(compare "$whole" "parity-onto-$half" 26)"

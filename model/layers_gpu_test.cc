@@ -128,8 +128,9 @@ std::string rows(int64_t N, int C) { return "N=" + std::to_string(N) + " C=" + s
 
 const int64_t kRows[] = {1, 7, 1000, 4097};
 // The norms' parameter gradients split the rows into up to 128 ranges of at least 64 rows
-// (model/column_sums.cuh): 33000 rows use every split, 4097 a ragged last one. C = 1000 is a multiple of 8 (16-byte
-// loads) but not of a block's 256 (bf16) or 128 (fp32) columns; C = 771 takes the scalar path.
+// (model/column_sums.cuh): 33000 rows use every split, 4097 a ragged last one. C = 1000 is a
+// multiple of 8 (16-byte loads) but not of a block's 256 (bf16) or 128 (fp32) columns; C = 771
+// takes the scalar path.
 const int64_t kNormRows[] = {1, 7, 1000, 4097, 33000};
 const int kNormCols[] = {32, 768, 771, 1000};
 
