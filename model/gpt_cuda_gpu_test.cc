@@ -127,7 +127,11 @@ std::vector<Case> cases() {
   GptShape rotary{3, 48, 3, 77, 40, 0, PositionKind::rotary, NormKind::rmsnorm};
   rotary.recompute = true;
   GptShape dilated{2, 64, 4, 96, 64, 0, PositionKind::rotary, NormKind::layernorm};
+  // 128 tokens drawn from 8192: almost all distinct, the embedding backward's largest layout
+  // (model/token_buckets.h), which overflowed its buffers before d255496.
+  GptShape distinct{2, 64, 4, 8192, 64, 0, PositionKind::learned, NormKind::layernorm};
   return {{"dense, layernorm, learned", learned, 3, {}},
+          {"dense, tokens almost all distinct", distinct, 2, {}},
           {"dense, rmsnorm, rotary, recompute", rotary, 2, {}},
           {"dilated longnet, rotary", dilated, 2, {{16, 1}, {32, 2}, {64, 4}}}};
 }
