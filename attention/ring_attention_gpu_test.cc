@@ -14,9 +14,10 @@
 // failing rank prints where its worst element is (batch, global position, head, column).
 //
 // Also: bytes sent per branch against ring_branch_bytes_formula, score pairs summed over ranks
-// against the single-rank plan, a repeated call giving the same bits, the errors, and the overlap
-// of communication and compute (printed; on ranks sharing one GPU through host staging it
-// measures that setup, not NCCL on separate GPUs).
+// against the single-rank plan, a repeated call and the serial schedule (RingSchedule::serial,
+// parallel.overlap_ring=false) giving the same bits, the errors, and the overlap of communication
+// and compute (printed; on ranks sharing one GPU through host staging it measures that setup, not
+// NCCL on separate GPUs).
 #include <doctest/doctest.h>
 
 #ifdef DILATRON_CUDA
@@ -186,8 +187,9 @@ RingBranchBytes expected_bytes(const DilatedSpec& spec, int branch, int64_t n, i
   return {kv.forward, kv.forward + fp32.backward - fp32.forward};
 }
 
-// One case on one transport: forward + backward on this rank's chunk, twice (the second must
-// repeat the first bit for bit), against the fp64 reference over the whole sequence.
+// One case on one transport: forward + backward on this rank's chunk, twice, then once with the
+// serial schedule (both must repeat the first call bit for bit: the serial schedule only makes each
+// step's kernels wait for its transfers), against the fp64 reference over the whole sequence.
 template <typename T>
 void check_case(RingFixture& f, Transport& t, const Case& c, bool causal, int max_B, uint64_t seed) {
   const int P = t.comm->size(), rank = t.comm->rank();
@@ -214,15 +216,17 @@ void check_case(RingFixture& f, Transport& t, const Case& c, bool causal, int ma
   DeviceBuffer<T> out(chunk), dq(chunk), dk(chunk), dv(chunk);
   DeviceBuffer<float> lse(kB * c.H * Tc);
   RingDilatedAttentionCuda<T> ring(spec, max_B, n, c.H, c.D, *t.comm);
+  RingDilatedAttentionCuda<T> serial(spec, max_B, n, c.H, c.D, *t.comm, RingSchedule::serial);
   std::vector<T> first[4];
   std::vector<float> first_lse;
-  for (int call = 0; call < 2; ++call) {
+  for (int call = 0; call < 3; ++call) {
+    RingDilatedAttentionCuda<T>& r = call < 2 ? ring : serial;
     for (DeviceBuffer<T>* x : {&out, &dq, &dk, &dv}) x->poison(f.stream());
     lse.poison(f.stream());
-    ring.forward(out.get(), lse.get(), q_dev.get(), k_dev.get(), v_dev.get(), kB, static_cast<int>(Tc), c.H, c.D,
-                 f.stream());
-    ring.backward(dq.get(), dk.get(), dv.get(), dout_dev.get(), out.get(), lse.get(), q_dev.get(), k_dev.get(),
-                  v_dev.get(), kB, static_cast<int>(Tc), c.H, c.D, f.stream());
+    r.forward(out.get(), lse.get(), q_dev.get(), k_dev.get(), v_dev.get(), kB, static_cast<int>(Tc), c.H, c.D,
+              f.stream());
+    r.backward(dq.get(), dk.get(), dv.get(), dout_dev.get(), out.get(), lse.get(), q_dev.get(), k_dev.get(),
+               v_dev.get(), kB, static_cast<int>(Tc), c.H, c.D, f.stream());
     DILATRON_CUDA_CHECK(cudaStreamSynchronize(f.stream()));
     const std::vector<T> now[4] = {out.raw(), dq.raw(), dk.raw(), dv.raw()};
     const std::vector<float> lse_now = lse.raw();
@@ -234,7 +238,9 @@ void check_case(RingFixture& f, Transport& t, const Case& c, bool causal, int ma
     bool same = std::memcmp(lse_now.data(), first_lse.data(), lse_now.size() * sizeof(float)) == 0;
     for (int i = 0; i < 4; ++i)
       same = same && std::memcmp(now[i].data(), first[i].data(), now[i].size() * sizeof(T)) == 0;
-    INFO("a second forward + backward repeats the first bit for bit: ", what);
+    INFO((call == 1 ? "a second forward + backward repeats the first bit for bit: "
+                    : "the serial schedule repeats the overlapped one bit for bit: "),
+         what);
     CHECK(sum_over_ranks(f.host(), same ? 0 : 1) == 0);
   }
 
@@ -268,6 +274,8 @@ void check_case(RingFixture& f, Transport& t, const Case& c, bool causal, int ma
   const int64_t pairs = single_rank_pairs(spec, kB, n, c.H, c.D);
   INFO("bytes and score pairs: ", what);
   CHECK(sum_over_ranks(f.host(), wrong_bytes) == 0);
+  CHECK(serial.stats().forward_bytes_sent() == stats.forward_bytes_sent());
+  CHECK(serial.stats().backward_bytes_sent() == stats.backward_bytes_sent());
   CHECK(sum_over_ranks(f.host(), stats.forward_score_pairs()) == pairs);
   CHECK(sum_over_ranks(f.host(), stats.backward_score_pairs()) == pairs);
 }
@@ -306,7 +314,9 @@ double median_ms_over_ranks(MpiCommunicator& host, cudaStream_t stream, Call cal
 }
 
 // How much of the communication the compute hides: the call timed as it is (all), with its
-// transfers alone, and with its compute alone; hidden = (comm + compute - all) / comm.
+// transfers alone, and with its compute alone; hidden = (comm + compute - all) / comm. Also the
+// call with the serial schedule, and hidden = (serial - all) / (serial - compute), the estimate
+// bench/multi_gpu.sh's weak part makes from whole steps (there with the 1-GPU step as compute).
 template <typename T>
 void time_overlap(RingFixture& f, Transport& t) {
   const int P = t.comm->size();
@@ -322,35 +332,43 @@ void time_overlap(RingFixture& f, Transport& t) {
       dout(random_inputs<T>(9, 3, chunk));
   DeviceBuffer<T> out(chunk), dq(chunk), dk(chunk), dv(chunk);
   DeviceBuffer<float> lse(B * H * Tc);
-  RingDilatedAttentionCuda<T> ring(spec, B, n, H, D, *t.comm);
+  RingDilatedAttentionCuda<T> overlapped(spec, B, n, H, D, *t.comm);
+  RingDilatedAttentionCuda<T> serial(spec, B, n, H, D, *t.comm, RingSchedule::serial);
   const int Tci = static_cast<int>(Tc);
-  auto forward = [&] { ring.forward(out.get(), lse.get(), q.get(), k.get(), v.get(), B, Tci, H, D, f.stream()); };
-  auto backward = [&] {
+  auto forward = [&](RingDilatedAttentionCuda<T>& ring) {
+    ring.forward(out.get(), lse.get(), q.get(), k.get(), v.get(), B, Tci, H, D, f.stream());
+  };
+  auto backward = [&](RingDilatedAttentionCuda<T>& ring) {
     ring.backward(dq.get(), dk.get(), dv.get(), dout.get(), out.get(), lse.get(), q.get(), k.get(), v.get(), B, Tci, H,
                   D, f.stream());
   };
-  forward();  // a real out and lse for the backward
+  forward(overlapped);  // a real out and lse for the backward
   for (const bool is_forward : {true, false}) {
     const char* pass = is_forward ? "forward" : "backward";
-    auto call = [&] { is_forward ? forward() : backward(); };
-    double ms[3];
+    auto call_on = [&](RingDilatedAttentionCuda<T>& ring) { is_forward ? forward(ring) : backward(ring); };
+    auto call = [&] { call_on(overlapped); };
+    double ms[4];
     const RingWork works[3] = {RingWork::all, RingWork::communication_only, RingWork::compute_only};
     for (int w = 0; w < 3; ++w) {
-      ring.set_work(works[w]);
+      overlapped.set_work(works[w]);
       ms[w] = median_ms_over_ranks(f.host(), f.stream(), call);
     }
-    ring.set_work(RingWork::all);
+    overlapped.set_work(RingWork::all);
+    ms[3] = median_ms_over_ranks(f.host(), f.stream(), [&] { call_on(serial); });
     call();
     DILATRON_CUDA_CHECK(cudaStreamSynchronize(f.stream()));
-    const int64_t bytes = is_forward ? ring.stats().forward_bytes_sent() : ring.stats().backward_bytes_sent();
+    const int64_t bytes =
+        is_forward ? overlapped.stats().forward_bytes_sent() : overlapped.stats().backward_bytes_sent();
     const double hidden = ms[1] > 0 ? (ms[1] + ms[2] - ms[0]) / ms[1] : 0.0;
+    const double hidden_serial = ms[3] > ms[2] ? (ms[3] - ms[0]) / (ms[3] - ms[2]) : 0.0;
     if (gpu_setup().rank == 0)
       std::printf("OVERLAP %s %s P=%d %s n=%lld (chunk %lld) B=%d H=%d D=%d branches (2048,1) (%lld,2) (%lld,4) "
                   "non-causal: all %.3f ms, communication alone %.3f ms (rank 0 sends %.2f MiB), compute alone "
-                  "%.3f ms; hidden communication %.0f%% (slowest rank's medians)\n",
+                  "%.3f ms; hidden communication %.0f%%; serial schedule %.3f ms, hidden (serial - all) / (serial - "
+                  "compute) %.0f%% (slowest rank's medians)\n",
                   t.name.c_str(), dtype_name<T>(), P, pass, static_cast<long long>(n), static_cast<long long>(Tc), B, H,
                   D, static_cast<long long>(Tc), static_cast<long long>(n), ms[0], ms[1],
-                  static_cast<double>(bytes) / (1 << 20), ms[2], 100.0 * hidden);
+                  static_cast<double>(bytes) / (1 << 20), ms[2], 100.0 * hidden, ms[3], 100.0 * hidden_serial);
     std::fflush(stdout);
     const std::vector<float> result = is_forward ? out.download() : dk.download();
     const bool finite = std::all_of(result.begin(), result.end(), [](float x) { return std::isfinite(x); });

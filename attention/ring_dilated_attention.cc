@@ -71,6 +71,13 @@ CommRequest start_transfer(Communicator& comm, const T* send, int64_t send_count
   return CommRequest();
 }
 
+// A transfer a ring step has just issued, before its compute: RingSchedule::serial waits for it
+// here, so that the step computes only once it is done.
+CommRequest before_compute(RingSchedule schedule, CommRequest issued) {
+  if (schedule == RingSchedule::serial) issued.wait();
+  return issued;
+}
+
 // The packed block of a spanning branch: keys then values, each (B, Hb, m, D) with m = Tc / r,
 // row j of head h being token o_h + j*r of this rank's chunk.
 template <typename T>
@@ -215,10 +222,10 @@ BlockMask block_mask(const SegmentRing& ring, int origin) {
 }
 
 // Spanning branch forward: the packed (k, v) blocks of the segment's ranks pass by; the
-// transfer for step s+1 runs while step s computes (two buffers).
+// transfer for step s+1 runs while step s computes (two buffers), unless the schedule is serial.
 template <typename T>
 void spanning_branch_forward(const ForwardArgs<T>& a, const DilatedSpec& spec, int branch, Communicator& comm,
-                             RingBranchStats* stats) {
+                             RingSchedule schedule, RingBranchStats* stats) {
   const int64_t r = spec.branches[branch].dilation;
   const SegmentRing ring = segment_ring(spec, branch, a.L.Tc, comm);
   const PackedBlock<T> P{a.L, branch_heads(spec, branch, a.L.H), a.L.Tc / r};
@@ -228,9 +235,10 @@ void spanning_branch_forward(const ForwardArgs<T>& a, const DilatedSpec& spec, i
   pack_keys_values(cur.data(), P, spec, branch, a.k, a.v);
   const int tag = message_tag(branch, kv_forward);
   for (int s = 0; s < ring.g; ++s) {
-    CommRequest transfer = start_transfer(comm, ring.forwards(s) ? cur.data() : nullptr, message, ring.next(),
-                                          ring.holds(s + 1) ? nxt.data() : nullptr, message, ring.prev(), tag,
-                                          &stats->forward_bytes_sent);
+    CommRequest transfer =
+        before_compute(schedule, start_transfer(comm, ring.forwards(s) ? cur.data() : nullptr, message, ring.next(),
+                                                ring.holds(s + 1) ? nxt.data() : nullptr, message, ring.prev(), tag,
+                                                &stats->forward_bytes_sent));
     if (ring.holds(s)) {
       const BlockMask mask = block_mask(ring, ring.origin(s));
       for (int b = 0; b < a.L.B; ++b)
@@ -249,10 +257,11 @@ void spanning_branch_forward(const ForwardArgs<T>& a, const DilatedSpec& spec, i
 // Spanning branch backward: (k, v) blocks travel as in the forward (transfer overlapping the
 // step's compute); each step's dk/dv partial of the held block is computed into a fresh buffer,
 // the partial accumulated by the block's earlier visitors is added when it arrives, and the sum
-// goes to the next visitor, or home from the last one. dq stays local.
+// goes to the next visitor, or home from the last one. dq stays local. Serial: every transfer is
+// done before a step computes (the home receive, posted before the loop, has no step).
 template <typename T>
 void spanning_branch_backward(const BackwardArgs<T>& a, const DilatedSpec& spec, int branch, Communicator& comm,
-                              RingBranchStats* stats) {
+                              RingSchedule schedule, RingBranchStats* stats) {
   const int64_t r = spec.branches[branch].dilation;
   const SegmentRing ring = segment_ring(spec, branch, a.L.Tc, comm);
   const PackedBlock<T> P{a.L, branch_heads(spec, branch, a.L.H), a.L.Tc / r};
@@ -270,16 +279,23 @@ void spanning_branch_backward(const BackwardArgs<T>& a, const DilatedSpec& spec,
                                    message_tag(branch, dkv_home));
   int64_t* bytes = &stats->backward_bytes_sent;
   for (int s = 0; s < ring.g; ++s) {
-    CommRequest transfer = start_transfer(comm, ring.forwards(s) ? cur.data() : nullptr, message, ring.next(),
-                                          ring.holds(s + 1) ? nxt.data() : nullptr, message, ring.prev(),
-                                          message_tag(branch, kv_backward), bytes);
+    CommRequest transfer =
+        before_compute(schedule, start_transfer(comm, ring.forwards(s) ? cur.data() : nullptr, message, ring.next(),
+                                                ring.holds(s + 1) ? nxt.data() : nullptr, message, ring.prev(),
+                                                message_tag(branch, kv_backward), bytes));
     if (ring.holds(s)) {
       const int origin = ring.origin(s);
       CommRequest dkv_arrival;
       if (s > 0)
-        dkv_arrival = comm.recv_async(dkv_in.data(), message, dtype_of<T>(), ring.prev(), message_tag(branch, dkv_next));
+        dkv_arrival = before_compute(schedule, comm.recv_async(dkv_in.data(), message, dtype_of<T>(), ring.prev(),
+                                                               message_tag(branch, dkv_next)));
       std::vector<T>& acc = dkv[s % 2];
       dkv_sent[s % 2].wait();
+      // Serial: the partial sent after step s - 1 computed is done too. It is waited here, not when
+      // sent, because its receiver posts the receive only at step s (just above, on next()): in a
+      // ring every rank would wait on a send that its neighbour cannot receive yet, a deadlock
+      // once messages are too large for MPI to buffer.
+      if (schedule == RingSchedule::serial) dkv_sent[(s + 1) % 2].wait();
       std::fill(acc.begin(), acc.end(), T(0));
       const BlockMask mask = block_mask(ring, origin);
       for (int b = 0; b < a.L.B; ++b)
@@ -355,8 +371,9 @@ RingBranchBytes ring_branch_bytes_formula(const DilatedSpec& spec, int branch, i
 }
 
 template <typename T>
-RingDilatedAttention<T>::RingDilatedAttention(DilatedSpec spec, int64_t n, Communicator& sp_group)
-    : spec_(std::move(spec)), n_(n), n_local_(0), sp_group_(sp_group) {
+RingDilatedAttention<T>::RingDilatedAttention(DilatedSpec spec, int64_t n, Communicator& sp_group,
+                                              RingSchedule schedule)
+    : spec_(std::move(spec)), n_(n), n_local_(0), sp_group_(sp_group), schedule_(schedule) {
   const int P = sp_group_.size();
   DILATRON_CHECK_INPUT(n > 0 && n % P == 0,
                        "parallel.sequence_parallel: {} ranks cannot split a sequence of {} tokens into equal chunks",
@@ -399,7 +416,7 @@ void RingDilatedAttention<T>::forward(T* out, attention_lse_t<T>* lse, const T* 
     RingBranchStats& st = stats_.branches[i];
     st.forward_bytes_sent = st.forward_score_pairs = 0;
     if (st.spanning)
-      spanning_branch_forward(args, spec_, static_cast<int>(i), sp_group_, &st);
+      spanning_branch_forward(args, spec_, static_cast<int>(i), sp_group_, schedule_, &st);
     else
       local_branch_forward(args, spec_, static_cast<int>(i), &st);
   }
@@ -437,7 +454,7 @@ void RingDilatedAttention<T>::backward(T* dq, T* dk, T* dv, const T* dout, const
     RingBranchStats& st = stats_.branches[i];
     st.backward_bytes_sent = st.backward_score_pairs = 0;
     if (st.spanning)
-      spanning_branch_backward(args, spec_, static_cast<int>(i), sp_group_, &st);
+      spanning_branch_backward(args, spec_, static_cast<int>(i), sp_group_, schedule_, &st);
     else
       local_branch_backward(args, spec_, static_cast<int>(i), &st);
   }

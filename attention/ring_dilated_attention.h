@@ -9,6 +9,8 @@
 // g ranks of the segment, merging each block into the queries' (out, lse); with `causal` a block
 // only travels forward (to later ranks of the segment), as earlier ranks never see it.
 // Backward: dq stays local, the dk/dv partials of a block travel with it and go home at the end.
+// RingSchedule::serial waits for each step's transfers before the step computes, to measure how
+// much of the exchange the overlap hides.
 #pragma once
 
 #include <cstdint>
@@ -48,6 +50,14 @@ struct RingBranchBytes {
 RingBranchBytes ring_branch_bytes_formula(const DilatedSpec& spec, int branch, int64_t n, int P, int rank, int B,
                                           int H, int D, int64_t element_bytes);
 
+// How a ring step's transfers meet its compute (config: parallel.overlap_ring). overlap: the
+// transfers a step issues (the next K/V block; in the backward dk/dv partials too) are in flight
+// while the step computes. serial: each is waited before the step computes, so no communication
+// runs under compute and a step costs its compute plus its exchange; the difference between the
+// two is the exchange the overlap hides (bench/multi_gpu.sh, "weak"). Only the order of events
+// changes, so the results are bit-identical.
+enum class RingSchedule { overlap, serial };
+
 template <typename T>
 class RingDilatedAttention final : public SequenceAttention<T> {
  public:
@@ -55,7 +65,8 @@ class RingDilatedAttention final : public SequenceAttention<T> {
   // c = sp_group.rank(), P = sp_group.size(). Throws InputError (keys
   // parallel.sequence_parallel, attention.segment_lengths, attention.dilation_rates) for a spec
   // that cannot be split that way. sp_group must outlive this object.
-  RingDilatedAttention(DilatedSpec spec, int64_t n, Communicator& sp_group);
+  RingDilatedAttention(DilatedSpec spec, int64_t n, Communicator& sp_group,
+                       RingSchedule schedule = RingSchedule::overlap);
 
   // Collective over sp_group. q, k, v, out (B, Tc, H, D), lse (B, H, Tc) with Tc = n/P.
   void forward(T* out, attention_lse_t<T>* lse, const T* q, const T* k, const T* v, int B, int Tc, int H,
@@ -73,6 +84,7 @@ class RingDilatedAttention final : public SequenceAttention<T> {
   DilatedSpec spec_;
   int64_t n_, n_local_;
   Communicator& sp_group_;
+  RingSchedule schedule_;
   RingCommStats stats_;
 };
 

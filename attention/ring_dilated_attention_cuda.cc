@@ -161,9 +161,10 @@ float* accumulator(T* out, const DeviceArray<float>& workspace) {
 
 template <typename T>
 RingDilatedAttentionCuda<T>::RingDilatedAttentionCuda(const DilatedSpec& spec, int max_B, int64_t n, int H, int D,
-                                                      Communicator& sp_group)
+                                                      Communicator& sp_group, RingSchedule schedule)
     : plan_(plan_ring_dilated_attention(spec, max_B, n, sp_group.size(), sp_group.rank(), H, D)), max_B_(max_B),
-      H_(H), D_(D), scale_(static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)))), sp_group_(sp_group) {
+      H_(H), D_(D), scale_(static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)))), sp_group_(sp_group),
+      schedule_(schedule) {
   for (const RingBranchPlan& p : plan_.branches) {
     DeviceArray<DeviceBlockTask> tasks(static_cast<int64_t>(p.tasks.size()), nullptr);
     DILATRON_CUDA_CHECK(
@@ -213,7 +214,9 @@ BlockAttentionBatch RingDilatedAttentionCuda<T>::batch(size_t branch, int B, Blo
   return BlockAttentionBatch{tasks_[branch].data(), B * p.tasks_per_batch, p.rows, p.rows, D_, scale_, mask};
 }
 
-// Starts one transfer of `count` elements (send and/or receive; none: an empty request).
+// Starts one transfer of `count` elements (send and/or receive; none: an empty request). Every
+// transfer is issued before its step computes; RingSchedule::serial waits for it here, so the
+// step's kernels queue behind it (with NCCL only the compute stream waits, never the host).
 template <typename T>
 template <typename E>
 CommRequest RingDilatedAttentionCuda<T>::transfer(const RingTransfer& x, const E* send, E* recv, int64_t count,
@@ -221,9 +224,15 @@ CommRequest RingDilatedAttentionCuda<T>::transfer(const RingTransfer& x, const E
   if (!x.any() || !communicates()) return CommRequest();
   const DType dtype = dtype_of<E>();  // core/tensor.h
   if (x.dst >= 0) *bytes += count * static_cast<int64_t>(sizeof(E));
-  if (x.dst >= 0 && x.src >= 0) return sp_group_.send_recv_async(send, count, x.dst, recv, count, x.src, dtype, tag);
-  if (x.dst >= 0) return sp_group_.send_async(send, count, dtype, x.dst, tag);
-  return sp_group_.recv_async(recv, count, dtype, x.src, tag);
+  CommRequest issued;
+  if (x.dst >= 0 && x.src >= 0)
+    issued = sp_group_.send_recv_async(send, count, x.dst, recv, count, x.src, dtype, tag);
+  else if (x.dst >= 0)
+    issued = sp_group_.send_async(send, count, dtype, x.dst, tag);
+  else
+    issued = sp_group_.recv_async(recv, count, dtype, x.src, tag);
+  if (schedule_ == RingSchedule::serial) issued.wait();
+  return issued;
 }
 
 template <typename T>
@@ -383,16 +392,15 @@ template class RingDilatedAttentionCuda<bf16>;
 template <typename T>
 std::unique_ptr<DeviceSequenceAttention<T>> make_ring_dilated_attention_cuda(const DilatedSpec& spec, int max_B,
                                                                               int64_t n, int H, int D,
-                                                                              Communicator& sp_group) {
-  return std::make_unique<RingDilatedAttentionCuda<T>>(spec, max_B, n, H, D, sp_group);
+                                                                              Communicator& sp_group,
+                                                                              RingSchedule schedule) {
+  return std::make_unique<RingDilatedAttentionCuda<T>>(spec, max_B, n, H, D, sp_group, schedule);
 }
 
-template std::unique_ptr<DeviceSequenceAttention<float>> make_ring_dilated_attention_cuda<float>(const DilatedSpec&,
-                                                                                                  int, int64_t, int,
-                                                                                                  int, Communicator&);
-template std::unique_ptr<DeviceSequenceAttention<bf16>> make_ring_dilated_attention_cuda<bf16>(const DilatedSpec&, int,
-                                                                                                int64_t, int, int,
-                                                                                                Communicator&);
+template std::unique_ptr<DeviceSequenceAttention<float>> make_ring_dilated_attention_cuda<float>(
+    const DilatedSpec&, int, int64_t, int, int, Communicator&, RingSchedule);
+template std::unique_ptr<DeviceSequenceAttention<bf16>> make_ring_dilated_attention_cuda<bf16>(
+    const DilatedSpec&, int, int64_t, int, int, Communicator&, RingSchedule);
 #endif
 
 }  // namespace dilatron

@@ -15,7 +15,8 @@
 // block is held, sent with the next step's transfers), so every message of a step is issued
 // before the step computes and every step has the same three transfers in the same order on every
 // rank (kv, dkv, home): that order is what NCCL, whose point-to-point calls have no tags and run
-// one after another, needs to match them.
+// one after another, needs to match them. It is also why RingSchedule::serial can wait for every
+// transfer as soon as it is issued: each is matched within its own step.
 #pragma once
 
 #include <cstdint>
@@ -134,8 +135,9 @@ template <typename T>
 class RingDilatedAttentionCuda final : public DeviceSequenceAttention<T> {
  public:
   // n: the full sequence; Tc = n / sp_group.size(). Allocates every workspace here. sp_group must
-  // outlive this object.
-  RingDilatedAttentionCuda(const DilatedSpec& spec, int max_B, int64_t n, int H, int D, Communicator& sp_group);
+  // outlive this object. schedule: see RingSchedule (attention/ring_dilated_attention.h).
+  RingDilatedAttentionCuda(const DilatedSpec& spec, int max_B, int64_t n, int H, int D, Communicator& sp_group,
+                           RingSchedule schedule = RingSchedule::overlap);
 
   void forward(T* out, float* lse, const T* q, const T* k, const T* v, int B, int Tc, int H, int D,
                cudaStream_t stream) override;
@@ -175,6 +177,7 @@ class RingDilatedAttentionCuda final : public DeviceSequenceAttention<T> {
   int max_B_, H_, D_;
   float scale_;
   Communicator& sp_group_;
+  RingSchedule schedule_;
   RingCommStats stats_;
   RingWork work_ = RingWork::all;
   std::vector<DeviceArray<DeviceBlockTask>> tasks_;  // per branch, device
@@ -190,9 +193,9 @@ class RingDilatedAttentionCuda final : public DeviceSequenceAttention<T> {
 
 // The ring dilated attention as the model's seam; see RingDilatedAttentionCuda.
 template <typename T>
-std::unique_ptr<DeviceSequenceAttention<T>> make_ring_dilated_attention_cuda(const DilatedSpec& spec, int max_B,
-                                                                              int64_t n, int H, int D,
-                                                                              Communicator& sp_group);
+std::unique_ptr<DeviceSequenceAttention<T>> make_ring_dilated_attention_cuda(
+    const DilatedSpec& spec, int max_B, int64_t n, int H, int D, Communicator& sp_group,
+    RingSchedule schedule = RingSchedule::overlap);
 
 }  // namespace dilatron
 #endif

@@ -20,7 +20,10 @@
 #   weak         the 124M dilated model with WEAK_TOKENS (131072) tokens per GPU, SP = n for
 #                n = 1, 2, .. N: tokens/s per GPU and efficiency against 1 GPU; with ZeRO-3 too, at
 #                zero.prefetch_depth 1 and 0 (gathers waited for at once), whose difference is the
-#                time the prefetch hides
+#                time the prefetch hides; at SP = N once more with parallel.overlap_ring=false (the
+#                ring's K/V exchange waited before each step computes), giving the fraction of the
+#                exchange the overlap hides, (T_serial - T_overlap) / (T_serial - T_1), with T_1 the
+#                1-GPU step: this assumes a GPU's compute at SP = N equals the 1-GPU run's
 #   longest      the 124M dilated model with SP = N at LONGEST (8388608, space-separated list) tokens
 #   largest      GPT shapes LARGEST ("L C H" list) with ZeRO-3 and CPU offload on N ranks
 #
@@ -81,6 +84,13 @@ PY
 last_step() {
   python3 -c "import json; r=[json.loads(l) for l in open('$work/$1/metrics.jsonl')][-1]; print('%.2f s/step, %.0f tokens/s, loss %.3f' % (r['step_time_s'], r['tokens_per_s'], r['loss']))" 2>/dev/null \
     || echo "no step: $(grep -a -m1 -iE 'error|memory' "$out/$1.log")"
+}
+
+# hidden_fraction T_SERIAL T_OVERLAP T_1: the part of the ring's exchange that the overlap hides,
+# (T_serial - T_overlap) / (T_serial - T_1), from step times in seconds (T_1 empty: no 1-GPU run).
+hidden_fraction() {
+  [ -n "$3" ] || { echo "n/a (no 1-GPU step)"; return; }
+  python3 -c "s, o, one = $1, $2, $3; print('%.2f' % ((s - o) / (s - one)) if s > one else 'n/a (serialised step not slower than 1 GPU)')"
 }
 
 # Segment lengths and rates of the dilated branches for T tokens: SEGMENT0, 2 SEGMENT0, .. T at
@@ -169,7 +179,7 @@ part_parity() {
 
 part_weak() {
   need_shard
-  local config=${WEAK_CONFIG:-configs/gpt2-124m-dilated-32k.yaml} per=${WEAK_TOKENS:-131072} base=""
+  local config=${WEAK_CONFIG:-configs/gpt2-124m-dilated-32k.yaml} per=${WEAK_TOKENS:-131072} base="" base_step=""
   for n in 1 "${counts[@]}"; do
     local T=$((per * n))
     local shape=(--config "$config" --set model.seq_len=$T --set model.position=rotary $(branches $T)
@@ -182,7 +192,20 @@ part_weak() {
     read -r tps step <<< "$line"
     local per_gpu=$((${tps%.*} / n))
     [ -n "$base" ] || base=$per_gpu
+    [ "$n" -ne 1 ] || base_step=$step
     say "weak n=$n T=$T: $tps tokens/s, $per_gpu per GPU, step $step s, efficiency $(python3 -c "print('%.1f %%' % (100 * $per_gpu / $base))")"
+    if [ "$n" -eq "$N" ]; then
+      train "weak-serial-n$n" "$n" "${shape[@]}" --set parallel.overlap_ring=false
+      rc=$?
+      if [ $rc -ne 0 ] || ! line=$(speed "weak-serial-n$n"); then
+        say "  ring exchange serialised rc=$rc: no figure"
+      else
+        read -r _ serial_step <<< "$line"
+        say "  ring exchange serialised (parallel.overlap_ring=false): $line (tokens/s, step s); hidden fraction" \
+          "(T_serial - T_overlap) / (T_serial - T_1) = ($serial_step - $step) / ($serial_step - ${base_step:-?}) =" \
+          "$(hidden_fraction "$serial_step" "$step" "$base_step"), assuming a GPU's compute equals the 1-GPU run's"
+      fi
+    fi
     for depth in 1 0; do
       train "weak-zero3-d$depth-n$n" "$n" "${shape[@]}" --set zero.stage=3 --set zero.prefetch_depth=$depth
       rc=$?

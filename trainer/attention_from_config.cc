@@ -18,6 +18,10 @@ DilatedSpec dilated_spec_from(const Config& c) {
   return spec;
 }
 
+RingSchedule ring_schedule_from(const Config& c) {
+  return c.parallel.overlap_ring ? RingSchedule::overlap : RingSchedule::serial;
+}
+
 std::unique_ptr<SequenceAttention<float>> single_rank_attention(const Config& c) {
   if (c.attention.kind == AttentionKind::dense)
     return std::make_unique<DenseSequenceAttention<float>>(c.attention.causal);
@@ -26,7 +30,8 @@ std::unique_ptr<SequenceAttention<float>> single_rank_attention(const Config& c)
 
 std::unique_ptr<SequenceAttention<float>> sequence_attention_for(const Config& c, Communicator& sp_group) {
   if (sp_group.size() == 1) return single_rank_attention(c);
-  return std::make_unique<RingDilatedAttention<float>>(dilated_spec_from(c), c.model.seq_len, sp_group);
+  return std::make_unique<RingDilatedAttention<float>>(dilated_spec_from(c), c.model.seq_len, sp_group,
+                                                       ring_schedule_from(c));
 }
 
 }  // namespace dilatron

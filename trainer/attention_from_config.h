@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "attention/dilated_spec.h"
+#include "attention/ring_dilated_attention.h"
 #include "attention/sequence_attention.h"
 #include "comm/communicator.h"
 #include "trainer/config.h"
@@ -13,6 +14,9 @@ namespace dilatron {
 
 // The pattern the config asks for over the whole sequence (dense: one branch (n, 1)).
 DilatedSpec dilated_spec_from(const Config& config);
+
+// The ring's schedule: parallel.overlap_ring, or the exchange serialised to time it.
+RingSchedule ring_schedule_from(const Config& config);
 
 // For a rank holding the whole sequence (sequence_parallel 1, or generation).
 std::unique_ptr<SequenceAttention<float>> single_rank_attention(const Config& config);

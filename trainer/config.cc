@@ -231,6 +231,7 @@ const std::vector<Field>& schema() {
       field("parallel", &C::parallel, "sequence_parallel", &ParallelConfig::sequence_parallel),
       field("parallel", &C::parallel, "backend", &ParallelConfig::backend),
       field("parallel", &C::parallel, "share_gpus", &ParallelConfig::share_gpus),
+      field("parallel", &C::parallel, "overlap_ring", &ParallelConfig::overlap_ring),
       field("zero", &C::zero, "stage", &ZeroConfig::stage),
       field("zero", &C::zero, "offload_params", &ZeroConfig::offload_params),
       field("zero", &C::zero, "offload_optimizer", &ZeroConfig::offload_optimizer),

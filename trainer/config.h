@@ -50,6 +50,9 @@ struct ParallelConfig {
   ParallelBackend backend = ParallelBackend::automatic;
   // More ranks than GPUs on a node take turns on the GPUs (tests on one GPU); off, that is an error.
   bool share_gpus = false;
+  // The ring attention's transfers run under its compute; off, each is waited before the compute
+  // (same results), to measure how much of the exchange the overlap hides.
+  bool overlap_ring = true;
   bool operator==(const ParallelConfig&) const = default;
 };
 

@@ -62,6 +62,7 @@ TEST_CASE("random configs round-trip exactly, awkward doubles and strings includ
     c.attention.dilation_rates = {1, 2, 1 + static_cast<int64_t>(rng.below(2))};
     c.attention.causal = rng.below(2);
     c.parallel.sequence_parallel = 1 << rng.below(4);
+    c.parallel.overlap_ring = rng.below(2);
     c.zero.stage = 3;
     c.zero.offload_params = OffloadTier::nvme;
     c.zero.offload_optimizer = OffloadTier::cpu;
@@ -102,6 +103,25 @@ TEST_CASE("a section left empty keeps its defaults; a written key overrides only
   CHECK(c.model == ModelConfig{});
   CHECK(c.data.batch_size == 4);
   CHECK(c.data.path == DataConfig{}.path);
+}
+
+TEST_CASE("parallel.overlap_ring: on by default, read both ways from a file or an override, round-trips") {
+  CHECK(Config{}.parallel.overlap_ring);
+  CHECK(parse_config("").parallel.overlap_ring);
+  CHECK(parse_config("parallel:\n  overlap_ring: true\n").parallel.overlap_ring);
+  CHECK(!parse_config("parallel:\n  overlap_ring: false\n").parallel.overlap_ring);
+  CHECK(!parse_config("", {"parallel.overlap_ring=false"}).parallel.overlap_ring);
+  for (bool overlap : {true, false}) {
+    Config c;
+    c.parallel.overlap_ring = overlap;
+    const std::string yaml = config_to_yaml(c);
+    CHECK(yaml.find(overlap ? "overlap_ring: true" : "overlap_ring: false") != std::string::npos);
+    CHECK(parse_config(yaml) == c);
+  }
+  CHECK(error_of("parallel:\n  overlap_ring: maybe\n") ==
+        "config: parallel.overlap_ring: expected true or false, got 'maybe'");
+  CHECK(error_of("parallel:\n  overlap_rings: false\n") ==
+        "config: unknown key parallel.overlap_rings (did you mean parallel.overlap_ring?)");
 }
 
 TEST_CASE("every enum spelling parses") {

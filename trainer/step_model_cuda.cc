@@ -24,7 +24,7 @@ std::unique_ptr<DeviceSequenceAttention<bf16>> device_attention_for(const Config
   if (groups.sp_size == 1)
     return make_dilated_attention_cuda<bf16>(dilated_spec_from(config), max_batch, shape.seq_len, shape.n_heads, D);
   return make_ring_dilated_attention_cuda<bf16>(dilated_spec_from(config), max_batch, shape.seq_len, shape.n_heads,
-                                                D, device.sequence_parallel());
+                                                D, device.sequence_parallel(), ring_schedule_from(config));
 }
 
 class CudaStepModel final : public StepModel {
