@@ -345,6 +345,22 @@ __device__ __forceinline__ bool tile_unmasked(const DeviceBlockTask& task, int q
   return q0 + kTile <= task.nq && k0 + kTile <= task.nk && (!causal || k0 + kTile <= q0);
 }
 
+// The main loop of every kernel here: tiles at first, first + kTile, .. below end go through the
+// two shared-memory stages. load(stage, pos) issues a tile's asynchronous copies; body(stage, pos)
+// computes on a landed stage while the next tile's copies are in flight. The caller has issued
+// and committed load(0, first) (after its own tiles' group, so the first wait also covers those).
+template <typename Load, typename Body>
+__device__ __forceinline__ void stream_tiles(int first, int end, Load&& load, Body&& body) {
+  for (int pos = first, stage = 0; pos < end; pos += kTile, stage ^= 1) {
+    if (pos + kTile < end) load(stage ^ 1, pos + kTile);  // the last iteration's barrier freed it
+    commit_copies();
+    wait_copies<1>();  // this stage's copies have landed (the next stage's may still be in flight)
+    __syncthreads();
+    body(stage, pos);
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
+  }
+}
+
 template <int D, typename O>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(O* out, float* lse, const bf16_t* q, const bf16_t* k, const bf16_t* v, const DeviceBlockTask* tasks,
@@ -378,11 +394,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
 
-  for (int k0 = 0, stage = 0; k0 < keys; k0 += kTile, stage ^= 1) {
-    if (k0 + kTile < keys) load_keys(stage ^ 1, k0 + kTile);  // the last iteration's barrier freed it
-    commit_copies();
-    wait_copies<1>();  // this stage's copies have landed (the next stage's may still be in flight)
-    __syncthreads();
+  stream_tiles(0, keys, load_keys, [&](int stage, int k0) {
     float s[kTile / 8][4];
 #pragma unroll
     for (int j = 0; j < kTile / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
@@ -417,8 +429,7 @@ __global__ void __launch_bounds__(kThreads)
         l[h] += s[j][e];
       }
     mma_weights_rows<D, kTile>(o, s, kv.second(stage), 0, lane);
-    __syncthreads();  // every warp is done with this stage before the next iteration refills it
-  }
+  });
 
   float old_lse[2];
 #pragma unroll
@@ -473,6 +484,20 @@ __device__ __forceinline__ void store_gradient_row(O* row, const float (&acc)[D 
     }
 }
 
+// The dQ rows of a warp's 16 queries from row0 on (fragment rows g and g + 8 of acc), scaled by
+// `scale`; rows past the block's end are not stored.
+template <int D, typename O>
+__device__ __forceinline__ void store_query_gradients(O* dq, const float (&acc)[D / 8][4], const DeviceBlockTask& task,
+                                                      int row0, int lane, float scale, bool accumulate) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int qi = row0 + lane / 4 + 8 * h;
+    if (qi >= task.nq) continue;
+    store_gradient_row<D>(dq + task.q_offset + static_cast<int64_t>(qi) * task.q_stride, acc, h, scale, lane % 4,
+                          accumulate);
+  }
+}
+
 // Query columns per step of the dK/dV kernel. The dK and dV accumulators hold D / 2 registers a
 // thread each; scoring 32 queries at a time and reading k and v from shared memory at each use
 // keeps the D = 64 kernel at 132 registers, so 3 CTAs share an SM instead of 2 (at 64 queries,
@@ -522,11 +547,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk_acc[j][e] = dv_acc[j][e] = 0.0f;
 
-  for (int q0 = first_q0, stage = 0; q0 < task.nq; q0 += kTile, stage ^= 1) {
-    if (q0 + kTile < task.nq) load_queries(stage ^ 1, q0 + kTile);  // the last iteration's barrier freed it
-    commit_copies();
-    wait_copies<1>();
-    __syncthreads();
+  stream_tiles(first_q0, task.nq, load_queries, [&](int stage, int q0) {
     const bool unmasked = tile_unmasked(task, q0, k0, causal);
     const float* lse_row = lse_tile(stage);
     const float* delta_row = delta_tile(stage);
@@ -569,8 +590,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-    __syncthreads();  // every warp is done with this stage before the next iteration refills it
-  }
+  });
 
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -623,11 +643,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   const OwnRows<D> q_rows(q_tile, 16 * warp, lane), dout_rows(dout_tile, 16 * warp, lane);
 
-  for (int k0 = 0, stage = 0; k0 < keys; k0 += kTile, stage ^= 1) {
-    if (k0 + kTile < keys) load_keys(stage ^ 1, k0 + kTile);  // the last iteration's barrier freed it
-    commit_copies();
-    wait_copies<1>();
-    __syncthreads();
+  stream_tiles(0, keys, load_keys, [&](int stage, int k0) {
     float s[kTile / 8][4], dp[kTile / 8][4];
 #pragma unroll
     for (int j = 0; j < kTile / 8; ++j)
@@ -646,16 +662,8 @@ __global__ void __launch_bounds__(kThreads)
         s[j][e] = p * (dout_scale * dp[j][e] - row_delta[h]);  // dS
       }
     mma_weights_rows<D, kTile>(dq_acc, s, kv.first(stage), 0, lane);
-    __syncthreads();  // every warp is done with this stage before the next iteration refills it
-  }
-
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int qi = q0 + 16 * warp + g + 8 * h;
-    if (qi >= task.nq) continue;
-    store_gradient_row<D>(dq + task.q_offset + static_cast<int64_t>(qi) * task.q_stride, dq_acc, h, scale, t,
-                          accumulate);
-  }
+  });
+  store_query_gradients<D>(dq, dq_acc, task, q0 + 16 * warp, lane, scale, accumulate);
 }
 
 // dQ from the dS tiles the dK/dV kernel left (DsTiles): one product per tile (dS k) where dq_kernel
@@ -670,7 +678,6 @@ __global__ void __launch_bounds__(kThreads)
   if (tile * kTile >= task.nq) return;
   const int q0 = tile * kTile;
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-  const int t = lane % 4;
 
   // (dS, k) of stage 0, then of stage 1.
   unsigned char* smem = dynamic_shared_memory();
@@ -694,11 +701,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) dq_acc[j][0] = dq_acc[j][1] = dq_acc[j][2] = dq_acc[j][3] = 0.0f;
 
-  for (int k0 = 0, stage = 0; k0 < keys; k0 += kTile, stage ^= 1) {
-    if (k0 + kTile < keys) load_keys(stage ^ 1, k0 + kTile);  // the last iteration's barrier freed it
-    commit_copies();
-    wait_copies<1>();
-    __syncthreads();
+  stream_tiles(0, keys, load_keys, [&](int stage, int) {
 #pragma unroll
     for (int kc = 0; kc < kTile / 16; ++kc) {
       // The A fragment of dS (this warp's 16 queries x keys [16 kc, 16 kc + 16)), stored as such.
@@ -712,17 +715,8 @@ __global__ void __launch_bounds__(kThreads)
         mma_bf16(dq_acc[2 * jp + 1], af, bf[2], bf[3]);
       }
     }
-    __syncthreads();  // every warp is done with this stage before the next iteration refills it
-  }
-
-  const int g = lane / 4;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int qi = q0 + 16 * warp + g + 8 * h;
-    if (qi >= task.nq) continue;
-    store_gradient_row<D>(dq + task.q_offset + static_cast<int64_t>(qi) * task.q_stride, dq_acc, h, scale, t,
-                          accumulate);
-  }
+  });
+  store_query_gradients<D>(dq, dq_acc, task, q0 + 16 * warp, lane, scale, accumulate);
 }
 
 }  // namespace mma

@@ -1,0 +1,1 @@
+tar xJf .kit/devkit.tar.xz && source .devkit/env.sh && mkdir -p $OUT/r && OUT=$OUT/r/device2 timeout 200 bench/largest_gpu_model.sh device "38 4096 32" "36 4096 32"; cd $OUT && tar czf results.tgz r && rm -rf r
