@@ -10,7 +10,8 @@
 #                buffers, wrong-element counts, 256 MiB all_reduce bus bandwidth), and NCCL's own
 #                all_reduce of the same size through torchrun (bench/reference/nccl_allreduce_bench.py)
 #   ring         ring_attention_gpu_test_bin on n ranks (outputs, lse and gradients of the ring over
-#                NCCL against one rank, both modes, causal)
+#                NCCL against one rank, both modes, causal; its OVERLAP lines: the exchange's time
+#                alone, the compute's alone, both overlapped and serial, and the fraction hidden)
 #   parity       50 steps of configs/test-micro.yaml with dilated attention and ZeRO-3 on 1 rank
 #                and on N ranks in every layout SP x DP = N (SP = N, DP = N, and 2 x N/2, N/2 x 2):
 #                losses within bf16 tolerance of 1 rank (2e-3 relative at every step, median
@@ -117,6 +118,8 @@ part_ring() {
   for n in "${counts[@]}"; do
     "${mpirun[@]}" -np "$n" "$bin/ring_attention_gpu_test_bin" > "$out/ring-np$n.log" 2>&1
     say "ring np$n rc=$? $(grep -a 'test cases:' "$out/ring-np$n.log" | tail -1 | sed 's/\x1b\[[0-9;]*m//g')"
+    # The test's timing case: the fraction of the exchange hidden, per transport, dtype and pass.
+    sed 's/\x1b\[[0-9;]*m//g' "$out/ring-np$n.log" | grep -a '^OVERLAP' | tee -a "$out/summary.txt"
   done
 }
 
