@@ -29,7 +29,7 @@
 #   largest      GPT shapes LARGEST ("L C H" list) with ZeRO-3 and CPU offload on N ranks
 #
 # Environment: DILATRON (.devkit/bin/dilatron), BIN (.devkit/bin: the test programs), OUT
-# (/tmp/multi_gpu), MPIRUN ("mpirun --bind-to none"), STEPS (weak, longest, largest: 6).
+# (/tmp/multi_gpu), MPIRUN ("mpirun --bind-to none"), STEPS (weak: 6; longest and largest run 2).
 # DEVICE=cpu runs parity, weak, longest and largest on the CPU over MPI, a check of this script
 # itself on a machine without GPUs; WEAK_CONFIG, WEAK_TOKENS and SEGMENT0 (2048, the first
 # dilated segment) shrink the shapes for it (bench/multi_gpu_test.sh).
@@ -80,6 +80,17 @@ print("%.0f %.3f" % (statistics.median(r["tokens_per_s"] for r in rows), statist
 PY
 }
 
+# measured NAME NP ARGS...: trains run NAME (train), then prints its speed (speed); without a
+# figure it prints "rc=RC: no figure" and fails.
+measured() {
+  local name=$1
+  train "$@"
+  local rc=$?
+  [ $rc -eq 0 ] && speed "$name" 2> /dev/null && return
+  echo "rc=$rc: no figure"
+  return 1
+}
+
 # last_step NAME: the last step's time, tokens/s and loss of run NAME, or the first error line of
 # its log.
 last_step() {
@@ -100,6 +111,15 @@ branches() {
   local T=$1 w=${SEGMENT0:-2048} r=1 seg=() rat=()
   while [ "$w" -le "$T" ]; do seg+=($w); rat+=($r); w=$((w * 2)); r=$((r * 2)); done
   echo "--set attention.segment_lengths=[$(IFS=,; echo "${seg[*]}")] --set attention.dilation_rates=[$(IFS=,; echo "${rat[*]}")]"
+}
+
+# dilated_shape T SP STEPS: sets `shape` to the arguments of the 124M dilated model (WEAK_CONFIG)
+# at T tokens, SP ranks of sequence parallelism, STEPS steps, without evaluation or checkpoints.
+dilated_shape() {
+  shape=(--config "${WEAK_CONFIG:-configs/gpt2-124m-dilated-32k.yaml}" --set model.seq_len=$1 --set model.position=rotary
+         $(branches $1) --set data.path=$shard --set data.format=tokens --set parallel.sequence_parallel=$2
+         --set schedule.max_steps=$3 --set schedule.warmup_steps=1 --set data.eval_every=0 --set checkpoint.every=0
+         --set checkpoint.at_end=false)
 }
 
 part_collectives() {
@@ -182,26 +202,19 @@ part_parity() {
 
 part_weak() {
   need_shard
-  local config=${WEAK_CONFIG:-configs/gpt2-124m-dilated-32k.yaml} per=${WEAK_TOKENS:-131072} base="" base_step=""
+  local per=${WEAK_TOKENS:-131072} base="" base_step="" shape line
   for n in 1 "${counts[@]}"; do
     local T=$((per * n))
-    local shape=(--config "$config" --set model.seq_len=$T --set model.position=rotary $(branches $T)
-                 --set data.path=$shard --set data.format=tokens --set parallel.sequence_parallel=$n --set schedule.max_steps=$steps
-                 --set schedule.warmup_steps=1 --set data.eval_every=0 --set checkpoint.every=0
-                 --set checkpoint.at_end=false)
-    train "weak-n$n" "$n" "${shape[@]}"
-    local rc=$? line
-    if [ $rc -ne 0 ] || ! line=$(speed "weak-n$n"); then say "weak n=$n T=$T rc=$rc: no figure"; continue; fi
+    dilated_shape $T $n $steps
+    if ! line=$(measured "weak-n$n" "$n" "${shape[@]}"); then say "weak n=$n T=$T $line"; continue; fi
     read -r tps step <<< "$line"
     local per_gpu=$((${tps%.*} / n))
     [ -n "$base" ] || base=$per_gpu
     [ "$n" -ne 1 ] || base_step=$step
     say "weak n=$n T=$T: $tps tokens/s, $per_gpu per GPU, step $step s, efficiency $(python3 -c "print('%.1f %%' % (100 * $per_gpu / $base))")"
     if [ "$n" -eq "$N" ]; then
-      train "weak-serial-n$n" "$n" "${shape[@]}" --set parallel.overlap_ring=false
-      rc=$?
-      if [ $rc -ne 0 ] || ! line=$(speed "weak-serial-n$n"); then
-        say "  ring exchange serialised rc=$rc: no figure"
+      if ! line=$(measured "weak-serial-n$n" "$n" "${shape[@]}" --set parallel.overlap_ring=false); then
+        say "  ring exchange serialised $line"
       else
         read -r _ serial_step <<< "$line"
         say "  ring exchange serialised (parallel.overlap_ring=false): $line (tokens/s, step s); hidden fraction" \
@@ -210,9 +223,10 @@ part_weak() {
       fi
     fi
     for depth in 1 0; do
-      train "weak-zero3-d$depth-n$n" "$n" "${shape[@]}" --set zero.stage=3 --set zero.prefetch_depth=$depth
-      rc=$?
-      if [ $rc -ne 0 ] || ! line=$(speed "weak-zero3-d$depth-n$n"); then say "  ZeRO-3 prefetch_depth $depth rc=$rc: no figure"; continue; fi
+      if ! line=$(measured "weak-zero3-d$depth-n$n" "$n" "${shape[@]}" --set zero.stage=3 --set zero.prefetch_depth=$depth); then
+        say "  ZeRO-3 prefetch_depth $depth $line"
+        continue
+      fi
       say "  ZeRO-3 prefetch_depth $depth: $line (tokens/s, step s)"
     done
   done
@@ -220,11 +234,10 @@ part_weak() {
 
 part_longest() {
   need_shard
+  local shape
   for T in ${LONGEST:-8388608}; do
-    train "longest-$T" "$N" --config "${WEAK_CONFIG:-configs/gpt2-124m-dilated-32k.yaml}" --set model.seq_len=$T \
-      --set model.position=rotary $(branches $T) --set data.path=$shard --set data.format=tokens --set parallel.sequence_parallel=$N \
-      --set schedule.max_steps=2 --set schedule.warmup_steps=1 --set data.eval_every=0 --set checkpoint.every=0 \
-      --set checkpoint.at_end=false
+    dilated_shape $T $N 2
+    train "longest-$T" "$N" "${shape[@]}"
     local rc=$?
     say "longest T=$T on $N ranks rc=$rc $(last_step "longest-$T")"
   done
